@@ -1,0 +1,150 @@
+"""The public attention entry point: argument checks, mask normalisation and the one dispatch point."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .reference import reference_attention
+
+IMPLS = ("auto", "reference", "blocked")
+
+
+def sliding_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int,
+    *,
+    dilation: int | Sequence[int] = 1,
+    causal: bool = False,
+    attention_mask: torch.Tensor | None = None,
+    global_attention_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Longformer attention: a (dilated) sliding window plus symmetric global tokens.
+
+    Args:
+        q, k, v: (B, H, T, D) tensors of one floating dtype (fp32, bf16, fp16 or fp64) on one device.
+        window: one-sided window ``w >= 0``. Query ``i`` of a head with dilation ``r`` sees key ``j``
+            when ``(j - i) % r == 0`` and ``|j - i| <= w * r``: up to ``2w + 1`` keys.
+        dilation: ``r >= 1`` for every head, or a sequence of H values (one per head).
+        causal: only keys ``j <= i``. The restriction applies to the whole pattern, global tokens
+            included: a global query sees every earlier key and any query sees an earlier global key,
+            so nothing leaks from the future in an autoregressive model.
+        attention_mask: (B, T), 1 = token, 0 = padding. Padded keys are never attended. Padded
+            queries are computed like any other row (callers usually discard them).
+        global_attention_mask: (B, T), 1 = global. A global query attends every (unpadded) key and
+            every query attends every global key, with the same q/k/v; a global key inside a
+            window is counted once. Each batch element may have its own number of global tokens.
+        scale: multiplier of ``q @ k^T``; default ``D ** -0.5``.
+        impl: ``"auto"`` (fastest correct choice), ``"reference"`` (dense O(T^2) spec) or
+            ``"blocked"`` (memory-linear blocked kernel, forward and backward).
+
+    Returns:
+        (B, H, T, D) in q's dtype. A row with nothing to attend is 0, never NaN. Softmax statistics
+        are kept in fp32 whatever the input dtype.
+    """
+    _check_qkv(q, k, v)
+    B, H, T, D = q.shape
+    window = _check_window(window)
+    dilations = _check_dilation(dilation, H)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    # Under torch.compile, value checks and value-dependent shortcuts would break the graph.
+    tracing = torch.compiler.is_compiling()
+    key_valid = _check_mask("attention_mask", attention_mask, B, T, q.device, check_values=not tracing)
+    is_global = _check_mask("global_attention_mask", global_attention_mask, B, T, q.device, check_values=not tracing)
+    if not tracing:
+        if is_global is not None and not bool(is_global.any()):
+            is_global = None  # no global token anywhere: the plain band is exact and cheaper
+        if key_valid is not None and bool(key_valid.all()):
+            key_valid = None
+    if scale is None:
+        scale = D**-0.5
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        impl = _choose_impl(T, window, dilations)
+    if impl == "reference":
+        return reference_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale)
+    from .blocked import blocked_attention
+
+    return blocked_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale)
+
+
+def _choose_impl(T: int, window: int, dilations: tuple[int, ...]) -> str:
+    # The blocked kernel is exact for every input; the dense reference only wins on tiny inputs
+    # where the whole T x T score matrix is smaller than the blocked kernel's per-call overhead.
+    if T <= 64:
+        return "reference"
+    return "blocked"
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape (B, H, T, D), got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have shape (B, H, T, D) (4 dims), got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(
+            "q, k and v must have the same shape (B, H, T, D); got "
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k and v must share one dtype; got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device; got q {q.device}, k {k.device}, v {v.device}")
+    if q.shape[-1] == 0:
+        raise ValueError(f"head dimension D must be >= 1, got shape {tuple(q.shape)}")
+
+
+def _check_window(window: int) -> int:
+    if isinstance(window, bool) or not isinstance(window, int):
+        raise TypeError(f"window must be an int (one-sided w >= 0), got {type(window).__name__} {window!r}")
+    if window < 0:
+        raise ValueError(f"window must be >= 0 (one-sided), got {window}")
+    return window
+
+
+def _check_dilation(dilation: int | Sequence[int], H: int) -> tuple[int, ...]:
+    if isinstance(dilation, torch.Tensor):
+        dilation = dilation.tolist()
+    if isinstance(dilation, int) and not isinstance(dilation, bool):
+        values = (dilation,) * H
+    elif isinstance(dilation, Sequence) and not isinstance(dilation, str):
+        values = tuple(dilation)
+        if len(values) != H:
+            raise ValueError(f"dilation must be an int or a sequence of H={H} ints (one per head), got {len(values)} values")
+    else:
+        raise TypeError(f"dilation must be an int or a sequence of ints, got {type(dilation).__name__}")
+    for r in values:
+        if isinstance(r, bool) or not isinstance(r, int):
+            raise TypeError(f"dilation values must be ints, got {dilation!r}")
+        if r < 1:
+            raise ValueError(f"dilation values must be >= 1, got {dilation!r}")
+    return values
+
+
+def _check_mask(
+    name: str, mask: torch.Tensor | None, B: int, T: int, device: torch.device, check_values: bool = True
+) -> torch.Tensor | None:
+    """Return the mask as a bool (B, T) tensor on q's device, or None."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, T)=({B}, {T}), got {type(mask).__name__}")
+    if tuple(mask.shape) != (B, T):
+        raise ValueError(f"{name} must have shape (B, T)=({B}, {T}), got {tuple(mask.shape)}")
+    if mask.dtype != torch.bool:
+        if mask.is_complex():
+            raise TypeError(f"{name} must be a bool or integer tensor of 0/1, got dtype {mask.dtype}")
+        if check_values and not bool(((mask == 0) | (mask == 1)).all()):
+            bad = mask[(mask != 0) & (mask != 1)].flatten()[:5].tolist()
+            raise ValueError(f"{name} must hold only 0 and 1, found values such as {bad}")
+        mask = mask != 0
+    return mask.to(device)

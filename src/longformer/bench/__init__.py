@@ -1,0 +1,1 @@
+"""Benchmarks that report ratios against peers measured in the same run."""
