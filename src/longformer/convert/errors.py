@@ -1,0 +1,6 @@
+"""The one error type of `longformer convert`: what was wrong with the source, said plainly."""
+from __future__ import annotations
+
+
+class ConversionError(ValueError):
+    """The source checkpoint or the requested conversion cannot be done (message says why)."""
