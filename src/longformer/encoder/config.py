@@ -1,0 +1,270 @@
+"""`LongformerConfig`: the encoder's hyper-parameters, and reading/writing Hugging Face config.json.
+
+`attention_window` here is ALWAYS the one-sided w per layer. Hugging Face's config.json stores the
+two-sided even size (512 there = 256 here); the conversion happens only in `from_dict`/`to_hf_dict`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+POSITION_STYLES = ("roberta", "bert")
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
+# Source model types `from_source_config` knows how to make long (roberta-style position offsets or not).
+SOURCE_MODEL_TYPES = {"roberta": "roberta", "xlm-roberta": "roberta", "camembert": "roberta", "bert": "bert"}
+
+
+@dataclass
+class LongformerConfig:
+    """Hyper-parameters of a Longformer encoder (defaults: the shape of allenai/longformer-base-4096).
+
+    attention_window: one-sided window w per layer (an int is broadcast to every layer).
+    attention_dilation: per layer, an int (every head) or a list of one int per head.
+    position_embedding_style: "roberta" (position ids start at pad_token_id + 1 and padding tokens take
+        position pad_token_id, as transformers' create_position_ids_from_input_ids) or "bert" (0, 1, 2...).
+    """
+
+    vocab_size: int = 50265
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 4098
+    type_vocab_size: int = 1
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    pad_token_id: int = 1
+    bos_token_id: int | None = 0
+    eos_token_id: int | None = 2
+    sep_token_id: int | None = 2
+    attention_window: list[int] | int = 256
+    attention_dilation: list[int | list[int]] | int = 1
+    position_embedding_style: str = "roberta"
+    tie_word_embeddings: bool = True
+    # Task heads.
+    num_labels: int = 2
+    id2label: dict[int, str] | None = None
+    problem_type: str | None = None
+    architectures: list[str] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size", "num_labels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"LongformerConfig.{name} must be a positive int, got {value!r}")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act must be one of {ACTIVATIONS}, got {self.hidden_act!r}")
+        if self.position_embedding_style not in POSITION_STYLES:
+            raise ValueError(
+                f"position_embedding_style must be one of {POSITION_STYLES}, got {self.position_embedding_style!r}"
+            )
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_token_id}")
+        self.attention_window = self._per_layer_windows(self.attention_window)
+        self.attention_dilation = self._per_layer_dilations(self.attention_dilation)
+        if self.id2label is not None:
+            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            if len(self.id2label) != self.num_labels:
+                # id2label is the more specific statement (it names the labels): num_labels follows it.
+                self.num_labels = len(self.id2label)
+        if self.max_length < 1:
+            raise ValueError(
+                f"max_position_embeddings={self.max_position_embeddings} leaves no room for tokens with "
+                f"{self.position_embedding_style}-style positions (pad_token_id={self.pad_token_id})"
+            )
+
+    def _per_layer_windows(self, windows: Any) -> list[int]:
+        L = self.num_hidden_layers
+        if isinstance(windows, int) and not isinstance(windows, bool):
+            windows = [windows] * L
+        if not isinstance(windows, (list, tuple)) or len(windows) != L:
+            raise ValueError(
+                f"attention_window must be an int or a list of num_hidden_layers={L} one-sided windows, got {windows!r}"
+            )
+        for w in windows:
+            if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+                raise ValueError(f"attention_window values must be ints >= 0 (one-sided w), got {windows!r}")
+        return list(windows)
+
+    def _per_layer_dilations(self, dilations: Any) -> list[int | list[int]]:
+        L, H = self.num_hidden_layers, self.num_attention_heads
+        if isinstance(dilations, int) and not isinstance(dilations, bool):
+            dilations = [dilations] * L
+        if not isinstance(dilations, (list, tuple)) or len(dilations) != L:
+            raise ValueError(
+                f"attention_dilation must be an int or a list of num_hidden_layers={L} entries, got {dilations!r}"
+            )
+        out: list[int | list[int]] = []
+        for d in dilations:
+            values = [d] if isinstance(d, int) else d
+            if isinstance(d, (list, tuple)) and len(d) != H:
+                raise ValueError(
+                    f"a per-head attention_dilation entry needs num_attention_heads={H} values, got {list(d)!r}"
+                )
+            if not isinstance(values, (list, tuple)) or any(
+                isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in values
+            ):
+                raise ValueError(f"attention_dilation values must be ints >= 1, got {dilations!r}")
+            out.append(d if isinstance(d, int) else list(d))
+        return out
+
+    @property
+    def max_length(self) -> int:
+        """Longest input (tokens) the position table can hold."""
+        if self.position_embedding_style == "roberta":
+            return self.max_position_embeddings - self.pad_token_id - 1
+        return self.max_position_embeddings
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    # ---------------------------------------------------------------- Hugging Face config.json
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **overrides: Any) -> LongformerConfig:
+        """Read a Hugging Face style config dict with model_type "longformer" (two-sided attention_window)."""
+        model_type = d.get("model_type", "longformer")
+        if model_type != "longformer":
+            hint = (
+                " Make it long first: `longformer convert SRC DST` (or LongformerConfig.from_source_config)."
+                if model_type in SOURCE_MODEL_TYPES
+                else ""
+            )
+            raise ValueError(f"unsupported model_type {model_type!r}: expected 'longformer'.{hint}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in fields}
+        hf_window = d.get("attention_window", 512)
+        kwargs["attention_window"] = _one_sided(hf_window)
+        if kwargs.get("id2label") is not None and "num_labels" not in d:
+            kwargs["num_labels"] = len(kwargs["id2label"])
+        if isinstance(kwargs.get("eos_token_id"), list):  # transformers allows several; the first is the separator
+            kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
+        unknown = set(overrides) - fields
+        if unknown:
+            raise TypeError(f"unknown LongformerConfig fields in overrides: {sorted(unknown)}")
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike, **overrides: Any) -> LongformerConfig:
+        """Read config.json (a file, or a directory holding one)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no config.json at {path}")
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f), **overrides)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A config.json dict transformers' LongformerConfig reads (two-sided windows: 2 * w).
+
+        `attention_dilation` and `position_embedding_style` are written as extra keys; transformers
+        ignores them (its Longformer has neither), so a model using them differs there.
+        """
+        d = dataclasses.asdict(self)
+        d["attention_window"] = [2 * w for w in self.attention_window]
+        d["model_type"] = "longformer"
+        if self.id2label is None:
+            d["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
+        else:
+            d["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        d["label2id"] = {v: int(k) for k, v in d["id2label"].items()}
+        if d["architectures"] is None:
+            del d["architectures"]
+        return d
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Write config.json atomically (a file path, or a directory to write config.json into)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "config.json"
+        text = json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n"
+        atomic_write_bytes(path, text.encode("utf-8"))
+
+    @classmethod
+    def from_source_config(
+        cls,
+        d: dict[str, Any],
+        *,
+        max_length: int,
+        window: int | list[int],
+        dilation: int | list[int | list[int]] = 1,
+        position_embedding_style: str | None = None,
+    ) -> LongformerConfig:
+        """The config of a long model made from a BERT/RoBERTa config dict (for `longformer convert`).
+
+        max_length: tokens the new position table must hold. The table gets max_length rows for
+            "bert"-style positions and max_length + pad_token_id + 1 rows for "roberta"-style ones.
+        window: one-sided w (int or one per layer).
+        position_embedding_style: default "roberta" for roberta-like sources, "bert" for BERT.
+        """
+        model_type = d.get("model_type")
+        if model_type not in SOURCE_MODEL_TYPES:
+            raise ValueError(
+                f"unsupported source model_type {model_type!r}: expected one of {sorted(SOURCE_MODEL_TYPES)}"
+            )
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+        style = position_embedding_style or SOURCE_MODEL_TYPES[model_type]
+        pad = d.get("pad_token_id")
+        if pad is None:
+            pad = 1 if style == "roberta" else 0
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in fields and v is not None}
+        kwargs.pop("architectures", None)
+        if isinstance(kwargs.get("eos_token_id"), list):
+            kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
+        if "sep_token_id" not in kwargs:
+            kwargs["sep_token_id"] = kwargs.get("eos_token_id") if style == "roberta" else None
+        if model_type == "bert":
+            kwargs.setdefault("bos_token_id", None)
+            kwargs.setdefault("eos_token_id", None)
+        kwargs.update(
+            pad_token_id=pad,
+            max_position_embeddings=max_length + (pad + 1 if style == "roberta" else 0),
+            attention_window=window,
+            attention_dilation=dilation,
+            position_embedding_style=style,
+        )
+        return cls(**kwargs)
+
+
+def _one_sided(hf_window: Any) -> int | list[int]:
+    """HF two-sided even `attention_window` (int or list) -> one-sided w."""
+    values = [hf_window] if isinstance(hf_window, int) else hf_window
+    if not isinstance(values, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+        raise ValueError(f"config.json attention_window must be an int or a list of ints, got {hf_window!r}")
+    odd = [v for v in values if v % 2 or v < 0]
+    if odd:
+        raise ValueError(
+            f"config.json attention_window is Hugging Face's two-sided size and must be even and >= 0, got {hf_window!r}"
+        )
+    return hf_window // 2 if isinstance(hf_window, int) else [v // 2 for v in values]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same directory and os.replace, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,182 @@
+"""Checkpoint directories: `load_pretrained` / `save_pretrained` for the encoder and its task models.
+
+A directory holds config.json and model.safetensors (or a sharded model.safetensors.index.json, or
+pytorch_model.bin, the layout of allenai/longformer-base-4096). Our parameter names ARE transformers'
+Longformer names, so the mapping is a short table of renames applied to foreign keys (gpt-fast style):
+legacy prefixes and LayerNorm names, plus where the encoder sits (`longformer.` in task models, bare in
+a `LongformerModel` checkpoint). Missing, unexpected or mis-shaped keys are errors that list them; only
+a task head absent from the checkpoint is initialised, with a warning naming its keys.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import LongformerConfig, atomic_write_bytes
+
+# Foreign key -> our key: prefix renames, then suffix renames. Reverse them to read our names elsewhere.
+PREFIX_RENAMES = {"roberta.": "longformer."}  # early allenai checkpoints were RobertaForMaskedLM-shaped
+SUFFIX_RENAMES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
+# Buffers some transformers versions saved; they carry no weights.
+IGNORED_SUFFIXES = ("embeddings.position_ids",)
+ENCODER_PARTS = ("embeddings.", "encoder.", "pooler.")
+# Keys of the heads of other task models: dropped with a warning when the target model has no such head.
+HEAD_PREFIXES = ("lm_head.", "classifier.", "qa_outputs.", "longformer.pooler.")
+# Parameters that are another parameter under a second name (never stored twice).
+ALIASES = {"lm_head.decoder.bias": "lm_head.bias"}
+TIED_DECODER = "lm_head.decoder.weight"
+MAX_LISTED = 25
+
+
+def _listing(keys: list[str]) -> str:
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - MAX_LISTED} more" if len(keys) > MAX_LISTED else ""
+    return ", ".join(keys[:MAX_LISTED]) + more
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint dir: model.safetensors, its sharded index, or pytorch_model.bin."""
+    from safetensors.torch import load_file
+
+    if (path / "model.safetensors").is_file():
+        return load_file(path / "model.safetensors")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        sd: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            sd.update(load_file(path / shard))
+        return sd
+    if (path / "pytorch_model.bin").is_file():
+        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(
+        f"no weights in {path}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+    )
+
+
+def canonical_key(key: str) -> str | None:
+    """A checkpoint key in task-model form (encoder under `longformer.`), or None for ignored buffers."""
+    for old, new in PREFIX_RENAMES.items():
+        if key.startswith(old):
+            key = new + key[len(old):]
+    for old, new in SUFFIX_RENAMES.items():
+        if key.endswith(old):
+            key = key[: -len(old)] + new
+    if key.endswith(IGNORED_SUFFIXES):
+        return None
+    if key.startswith(ENCODER_PARTS):
+        key = "longformer." + key
+    return key
+
+
+def _model_keys(model: nn.Module) -> dict[str, torch.Size]:
+    """The model's own parameters and buffers in task-model form, aliases and tied weights left out."""
+    bare = not hasattr(model, "longformer")
+    keys = {}
+    for name, t in model.state_dict().items():
+        if name in ALIASES or (name == TIED_DECODER and getattr(model.config, "tie_word_embeddings", True)):
+            continue
+        keys[("longformer." + name) if bare else name] = t.shape
+    return keys
+
+
+def load_pretrained(cls: type, path: str | os.PathLike, *, impl: str = "auto", dtype: torch.dtype | None = None,
+                    **overrides: Any) -> nn.Module:
+    """Build `cls` from a checkpoint dir and load its weights exactly; returns the model in eval mode.
+
+    overrides: config fields to change (e.g. num_labels=3 for a new classification head). For
+    LongformerModel, `add_pooling_layer` defaults to whether the checkpoint has pooler weights.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a directory (expected config.json and model weights)")
+    add_pooling_layer = overrides.pop("add_pooling_layer", None)
+    config = LongformerConfig.from_json(path, **overrides)
+    config.architectures = [cls.__name__]
+    state = {}
+    for key, tensor in read_state_dict(path).items():
+        new = canonical_key(key)
+        if new is not None:
+            state[new] = tensor
+    if "lm_head.bias" not in state and "lm_head.decoder.bias" in state:
+        state["lm_head.bias"] = state.pop("lm_head.decoder.bias")
+    state.pop("lm_head.decoder.bias", None)
+
+    bare = cls.__name__ == "LongformerModel"
+    if bare:
+        if add_pooling_layer is None:
+            add_pooling_layer = "longformer.pooler.dense.weight" in state
+        model = cls(config, add_pooling_layer=add_pooling_layer, impl=impl)
+    else:
+        model = cls(config, impl=impl)
+    expected = _model_keys(model)
+    if TIED_DECODER not in expected:
+        state.pop(TIED_DECODER, None)  # tied to the word embeddings (or no LM head): nothing to load
+
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mis_shaped = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k])}"
+                  for k in expected if k in state and state[k].shape != expected[k]]
+    missing_encoder = [k for k in missing if k.startswith("longformer.")]
+    new_head = [k for k in missing if not k.startswith("longformer.")]
+    other_heads = [k for k in unexpected if k.startswith(HEAD_PREFIXES)]
+    foreign = [k for k in unexpected if not k.startswith(HEAD_PREFIXES)]
+    problems = []
+    if missing_encoder:
+        hint = ""
+        if any(k.endswith(("query_global.weight", "key_global.weight", "value_global.weight")) for k in missing_encoder):
+            hint = " (no global projections: a BERT/RoBERTa checkpoint? `longformer convert` makes it a Longformer)"
+        problems.append(f"missing {len(missing_encoder)} encoder keys{hint}: {_listing(missing_encoder)}")
+    if foreign:
+        problems.append(f"{len(foreign)} unexpected keys: {_listing(foreign)}")
+    if mis_shaped:
+        problems.append(f"{len(mis_shaped)} mis-shaped keys: {_listing(mis_shaped)}")
+    if problems:
+        raise ValueError(f"checkpoint {path} does not fit {cls.__name__} ({len(expected)} tensors expected):\n  "
+                         + "\n  ".join(problems))
+    if other_heads:
+        warnings.warn(f"{cls.__name__}.from_pretrained({str(path)!r}): not using {len(other_heads)} checkpoint "
+                      f"keys of another head: {_listing(other_heads)}", stacklevel=2)
+    if new_head:
+        warnings.warn(f"{cls.__name__}.from_pretrained({str(path)!r}): newly initialised {len(new_head)} head keys "
+                      f"(train them before use): {_listing(new_head)}", stacklevel=2)
+
+    own = {(k[len("longformer."):] if bare else k): state[k] for k in expected if k in state}
+    result = model.load_state_dict(own, strict=False)
+    # strict=False only because aliases/tied weights and a new head are absent by design; re-check.
+    left = [k for k in result.missing_keys
+            if k not in ALIASES and k != TIED_DECODER and ("longformer." + k if bare else k) not in new_head]
+    if left or result.unexpected_keys:
+        raise RuntimeError(f"internal key mapping error: missing {left}, unexpected {result.unexpected_keys}")
+    if dtype is not None:
+        model.to(dtype)
+    return model.eval()
+
+
+def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write config.json + model.safetensors (atomically) in transformers' Longformer layout."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config: LongformerConfig = model.config
+    if any(d != 1 for d in config.attention_dilation) or config.position_embedding_style != "roberta":
+        warnings.warn(
+            "this model uses attention_dilation or bert-style positions, which transformers' Longformer does not "
+            "implement: transformers will load the weights but compute a different function", stacklevel=2)
+    tied = getattr(config, "tie_word_embeddings", True)
+    tensors = {}
+    for name, t in model.state_dict().items():
+        if name in ALIASES or (name == TIED_DECODER and tied):
+            continue  # stored once under its main name; loaders re-tie it
+        tensors[name] = t.detach().to("cpu").contiguous()
+    hf = config.to_hf_dict()
+    hf["architectures"] = [type(model).__name__]
+    atomic_write_bytes(path / "config.json", (json.dumps(hf, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    atomic_write_bytes(path / "model.safetensors", save(tensors, metadata={"format": "pt"}))

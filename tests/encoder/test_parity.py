@@ -1,0 +1,109 @@
+"""Outputs equal transformers' Longformer for the same weights, both directions (fp32, <= 1e-4)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from longformer.encoder import (LongformerForMaskedLM, LongformerForQuestionAnswering,
+                                LongformerForSequenceClassification, LongformerModel)
+
+from encoder_helpers import SEP, awkward_batch, hf_config, make_hf
+
+pytest.importorskip("transformers")
+TOL = 1e-4
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize("windows,T", [((4, 8, 4), 23), ((4, 12), 29), ((8,), 5)])
+@pytest.mark.parametrize("impl", ["auto", "reference"])
+def test_model_matches_transformers(tmp_path, windows, T, impl):
+    hf = make_hf("LongformerModel", hf_config(windows))
+    hf.save_pretrained(tmp_path)
+    ours = LongformerModel.from_pretrained(tmp_path, impl=impl)
+    assert ours.config.attention_window == [w // 2 for w in windows]
+    ids, mask, glob = awkward_batch(T)
+    with torch.no_grad():
+        want = hf(ids, attention_mask=mask, global_attention_mask=glob)
+        got = ours(ids, attention_mask=mask, global_attention_mask=glob)
+    assert max_diff(got.last_hidden_state, want.last_hidden_state) <= TOL
+    assert max_diff(got.pooler_output, want.pooler_output) <= TOL
+
+
+def test_no_global_and_no_mask_match(tmp_path):
+    hf = make_hf("LongformerModel", hf_config((4, 8, 4)))
+    hf.save_pretrained(tmp_path)
+    ours = LongformerModel.from_pretrained(tmp_path)
+    ids, _, _ = awkward_batch(19)
+    with torch.no_grad():
+        assert max_diff(ours(ids).last_hidden_state, hf(ids).last_hidden_state) <= TOL
+
+
+@pytest.mark.parametrize("name,cls", [
+    ("LongformerForMaskedLM", LongformerForMaskedLM),
+    ("LongformerForSequenceClassification", LongformerForSequenceClassification),
+])
+def test_task_models_match_transformers(tmp_path, name, cls):
+    hf = make_hf(name, hf_config((4, 8, 4), num_labels=3))
+    hf.save_pretrained(tmp_path)
+    ours = cls.from_pretrained(tmp_path)
+    ids, mask, glob = awkward_batch(21)
+    with torch.no_grad():
+        for g in (glob, None):  # None: the class's default global attention
+            want = hf(ids, attention_mask=mask, global_attention_mask=g).logits
+            got = ours(ids, attention_mask=mask, global_attention_mask=g).logits
+            assert max_diff(got, want) <= TOL
+
+
+def test_question_answering_matches_transformers(tmp_path):
+    hf = make_hf("LongformerForQuestionAnswering", hf_config((4, 8, 4)))
+    hf.save_pretrained(tmp_path)
+    ours = LongformerForQuestionAnswering.from_pretrained(tmp_path)
+    ids, mask, _ = awkward_batch(22)
+    # <s> question </s></s> context </s>: transformers needs exactly three separators per row.
+    for b, (q_end, end) in enumerate([(5, 21), (3, 16), (7, 12)]):
+        ids[b, 0] = 0
+        ids[b, [q_end, q_end + 1, end]] = SEP
+    starts, ends = torch.tensor([8, 5, 9]), torch.tensor([10, 9, 30])
+    with torch.no_grad():
+        want = hf(ids, attention_mask=mask, start_positions=starts, end_positions=ends)
+        got = ours(ids, attention_mask=mask, start_positions=starts, end_positions=ends)
+    assert max_diff(got.start_logits, want.start_logits) <= TOL
+    assert max_diff(got.end_logits, want.end_logits) <= TOL
+    assert abs(got.loss.item() - want.loss.item()) <= TOL
+
+
+@pytest.mark.parametrize("name,cls", [
+    ("LongformerModel", LongformerModel),
+    ("LongformerForMaskedLM", LongformerForMaskedLM),
+    ("LongformerForSequenceClassification", LongformerForSequenceClassification),
+    ("LongformerForQuestionAnswering", LongformerForQuestionAnswering),
+])
+def test_save_pretrained_loads_in_transformers(tmp_path, name, cls):
+    import transformers
+    from longformer.encoder import LongformerConfig
+
+    config = LongformerConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=48, max_position_embeddings=66, attention_window=[2, 4],
+                              type_vocab_size=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                              num_labels=2 if name == "LongformerForQuestionAnswering" else 3)
+    torch.manual_seed(1)
+    ours = cls(config).eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.normal_(0.0, 0.2)
+    ours.save_pretrained(tmp_path)
+    hf = getattr(transformers, name).from_pretrained(tmp_path).eval()
+    assert hf.config.attention_window == [4, 8]
+    ids, mask, glob = awkward_batch(27)
+    if name == "LongformerForQuestionAnswering":
+        ids[:, [4, 5, 20]] = SEP
+    with torch.no_grad():
+        want = hf(ids, attention_mask=mask, global_attention_mask=glob)
+        got = ours(ids, attention_mask=mask, global_attention_mask=glob)
+    for field in ("last_hidden_state", "pooler_output", "logits", "start_logits", "end_logits"):
+        if hasattr(got, field):
+            assert max_diff(getattr(got, field), getattr(want, field)) <= TOL, field
