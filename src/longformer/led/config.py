@@ -1,0 +1,199 @@
+"""`LEDConfig`: the Longformer-Encoder-Decoder's hyper-parameters, and reading/writing HF config.json.
+
+`attention_window` here is ALWAYS the one-sided w per encoder layer. Hugging Face's LED config.json stores
+the two-sided even size (1024 there = 512 here); the conversion happens only in `from_dict`/`to_hf_dict`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
+
+# Keys of a Hugging Face config.json that belong to generation, not to the model (transformers 5 refuses
+# to save a model config holding them). We read them as generation defaults and save them in
+# generation_config.json instead.
+GENERATION_KEYS = (
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "temperature", "top_k", "top_p",
+    "repetition_penalty", "length_penalty", "no_repeat_ngram_size", "num_return_sequences",
+    "forced_bos_token_id", "forced_eos_token_id", "max_new_tokens", "min_new_tokens",
+)
+
+
+@dataclass
+class LEDConfig:
+    """Hyper-parameters of an LED (defaults: the shape of allenai/led-base-16384).
+
+    attention_window: one-sided window w per encoder layer (an int is broadcast). Any w >= 0 per layer:
+        unlike transformers there is no padding to a common multiple, so windows need not divide each other.
+    attention_dilation: per encoder layer, an int (every head) or a list of one int per head.
+    max_encoder_position_embeddings / max_decoder_position_embeddings: rows of the learned position
+        tables. LED positions start at 0 (no offset, unlike BART's 2), so these are also the longest inputs.
+    extra: other keys of the source config.json (id2label, task_specific_params...), kept for round trips.
+    """
+
+    vocab_size: int = 50265
+    d_model: int = 768
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    encoder_attention_heads: int = 12
+    decoder_attention_heads: int = 12
+    encoder_ffn_dim: int = 3072
+    decoder_ffn_dim: int = 3072
+    max_encoder_position_embeddings: int = 16384
+    max_decoder_position_embeddings: int = 1024
+    attention_window: list[int] | int = 512
+    attention_dilation: list[int | list[int]] | int = 1
+    activation_function: str = "gelu"
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    init_std: float = 0.02
+    pad_token_id: int = 1
+    bos_token_id: int | None = 0
+    eos_token_id: int | list[int] | None = 2
+    decoder_start_token_id: int = 2
+    tie_word_embeddings: bool = True
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+                     "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim",
+                     "max_encoder_position_embeddings", "max_decoder_position_embeddings"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"LEDConfig.{name} must be a positive int, got {value!r}")
+        for heads_name in ("encoder_attention_heads", "decoder_attention_heads"):
+            if self.d_model % getattr(self, heads_name) != 0:
+                raise ValueError(
+                    f"d_model ({self.d_model}) must be a multiple of {heads_name} ({getattr(self, heads_name)})"
+                )
+        if self.activation_function not in ACTIVATIONS:
+            raise ValueError(f"activation_function must be one of {ACTIVATIONS}, got {self.activation_function!r}")
+        for name in ("pad_token_id", "decoder_start_token_id"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size:
+                raise ValueError(f"LEDConfig.{name} must be an int in [0, vocab_size={self.vocab_size}), got {value!r}")
+        self.attention_window = self._per_layer_windows(self.attention_window)
+        self.attention_dilation = self._per_layer_dilations(self.attention_dilation)
+
+    def _per_layer_windows(self, windows: Any) -> list[int]:
+        L = self.encoder_layers
+        if isinstance(windows, int) and not isinstance(windows, bool):
+            windows = [windows] * L
+        if not isinstance(windows, (list, tuple)) or len(windows) != L:
+            raise ValueError(
+                f"attention_window must be an int or a list of encoder_layers={L} one-sided windows, got {windows!r}"
+            )
+        for w in windows:
+            if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+                raise ValueError(f"attention_window values must be ints >= 0 (one-sided w), got {windows!r}")
+        return list(windows)
+
+    def _per_layer_dilations(self, dilations: Any) -> list[int | list[int]]:
+        L, H = self.encoder_layers, self.encoder_attention_heads
+        if isinstance(dilations, int) and not isinstance(dilations, bool):
+            dilations = [dilations] * L
+        if not isinstance(dilations, (list, tuple)) or len(dilations) != L:
+            raise ValueError(
+                f"attention_dilation must be an int or a list of encoder_layers={L} entries, got {dilations!r}"
+            )
+        out: list[int | list[int]] = []
+        for d in dilations:
+            values = [d] if isinstance(d, int) and not isinstance(d, bool) else d
+            if isinstance(d, (list, tuple)) and len(d) != H:
+                raise ValueError(f"a per-head attention_dilation entry needs encoder_attention_heads={H} values, got {d!r}")
+            if not isinstance(values, (list, tuple)) or any(
+                isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in values
+            ):
+                raise ValueError(f"attention_dilation values must be ints >= 1, got {dilations!r}")
+            out.append(d if isinstance(d, int) else list(d))
+        return out
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """eos_token_id as a list (config.json may hold an int, a list or null)."""
+        if self.eos_token_id is None:
+            return []
+        return [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
+
+    # ---------------------------------------------------------------- Hugging Face config.json
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **overrides: Any) -> LEDConfig:
+        """Read a Hugging Face LED config dict (model_type "led", two-sided even `attention_window`)."""
+        model_type = d.get("model_type", "led")
+        if model_type != "led":
+            hint = " Convert it first: `longformer convert` (led/from_bart.py)." if model_type == "bart" else ""
+            raise ValueError(f"unsupported model_type {model_type!r}: expected 'led'.{hint}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra", "attention_window", "attention_dilation"}
+        kwargs: dict[str, Any] = {k: d[k] for k in names if k in d}
+        hf_window = d.get("attention_window", 1024)
+        kwargs["attention_window"] = _one_sided(hf_window)
+        if "attention_dilation" in d:  # our extension; transformers has no dilation
+            kwargs["attention_dilation"] = d["attention_dilation"]
+        skip = names | {"attention_window", "attention_dilation", "model_type", "num_hidden_layers",
+                        "transformers_version", "_name_or_path"}
+        kwargs["extra"] = {k: v for k, v in d.items() if k not in skip}
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A config.json dict that transformers' LEDConfig reads (two-sided `attention_window`)."""
+        d: dict[str, Any] = {k: v for k, v in self.extra.items() if k not in GENERATION_KEYS}
+        d.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("extra", "attention_dilation")})
+        d["attention_window"] = [2 * w for w in self.attention_window]
+        if any(r != 1 for r in self.attention_dilation):
+            d["attention_dilation"] = self.attention_dilation  # transformers ignores it (and cannot run it)
+        d["model_type"] = "led"
+        d["architectures"] = d.get("architectures") or ["LEDForConditionalGeneration"]
+        d["is_encoder_decoder"] = True
+        d["num_hidden_layers"] = self.encoder_layers
+        return d
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> LEDConfig:
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from err
+        return cls.from_dict(d, **overrides)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write `directory/config.json` atomically."""
+        path = Path(directory) / "config.json"
+        atomic_write_text(path, json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+
+def _one_sided(hf_window: Any) -> int | list[int]:
+    values = [hf_window] if isinstance(hf_window, int) and not isinstance(hf_window, bool) else hf_window
+    if not isinstance(values, (list, tuple)) or any(
+        isinstance(v, bool) or not isinstance(v, int) or v < 0 or v % 2 for v in values
+    ):
+        raise ValueError(
+            f"config.json attention_window must be an even int >= 0 or a list of them (two-sided, as in "
+            f"transformers), got {hf_window!r}"
+        )
+    if isinstance(hf_window, int):
+        return hf_window // 2
+    return [v // 2 for v in hf_window]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file via a temporary file + os.replace, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
