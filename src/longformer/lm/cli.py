@@ -92,8 +92,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from .checkpoint import load_model
     from .data import SymbolStream, resolve_data
     from .evaluate import evaluate_bpc
@@ -103,7 +101,6 @@ def run_eval(args: argparse.Namespace) -> int:
     vocab = _vocab_for(data_vocab, state["vocab"], "eval-lm")
     stride = args.seq_len // 2 if args.stride is None else args.stride
     stream = SymbolStream(path, args.split, vocab)
-    torch.set_grad_enabled(False)
     res = evaluate_bpc(model, stream, args.seq_len, stride, max_symbols=args.max_symbols,
                        batch_size=args.batch_size, progress=not args.json, bf16=args.bf16)
     res.update(split=args.split, data=str(path), checkpoint=str(args.checkpoint), trained_steps=state["step"],

@@ -32,7 +32,8 @@ def plan_windows(n: int, seq_len: int, context: int) -> Iterator[tuple[int, int]
         raise ValueError(f"context (--stride) must be in [0, seq_len={seq_len}), got {context}")
     next_target = 1
     while next_target <= n - 1:
-        start = max(0, next_target - context)
+        # target j is predicted from inputs start..j-1: at least one input, and `context` of them
+        start = max(0, next_target - max(context, 1))
         yield start, next_target
         next_target = start + seq_len + 1
 

@@ -182,7 +182,7 @@ def train(preset: Preset, opts: RunOptions) -> dict:
                     logits = ddp_model(x)
                     loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
                 (loss / cfg.grad_accum).backward()
-                loss_sum += float(loss) / cfg.grad_accum
+                loss_sum += float(loss.detach()) / cfg.grad_accum
             if not math.isfinite(loss_sum):
                 raise FloatingPointError(f"training loss became {loss_sum} at step {step}; lower the learning rate")
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
