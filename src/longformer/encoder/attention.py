@@ -80,13 +80,19 @@ class LongformerSelfAttention(nn.Module):
                 "dropout. Hidden-state dropout still applies.",
                 stacklevel=2,
             )
+        tracing = torch.compiler.is_compiling()
+        impl = self.impl
+        if tracing and impl == "auto":
+            # The blocked kernel plans with data-dependent shapes (nonzero of the masks), which
+            # torch.compile(fullgraph=True) cannot trace; the dense reference is the same math
+            # (the spec every kernel is tested against) and traces at fixed shapes.
+            impl = "reference"
         q, k, v = self._heads(self.query(hidden)), self._heads(self.key(hidden)), self._heads(self.value(hidden))
         context = sliding_window_attention(
             q, k, v, self.window, dilation=self.dilation,
-            attention_mask=attention_mask, global_attention_mask=global_mask, impl=self.impl,
+            attention_mask=attention_mask, global_attention_mask=global_mask, impl=impl,
         )  # (B, H, T, D)
 
-        tracing = torch.compiler.is_compiling()
         if global_mask is not None and (tracing or bool(global_mask.any())):
             # Global rows: full attention over every unpadded key with the global projections. With the
             # global mask, a global query sees every key whatever the window, so window=0 keeps the
@@ -95,7 +101,7 @@ class LongformerSelfAttention(nn.Module):
             kg = self._heads(self.key_global(hidden))
             vg = self._heads(self.value_global(hidden))
             global_context = sliding_window_attention(
-                qg, kg, vg, 0, attention_mask=attention_mask, global_attention_mask=global_mask, impl=self.impl
+                qg, kg, vg, 0, attention_mask=attention_mask, global_attention_mask=global_mask, impl=impl
             )
             context = torch.where(global_mask[:, None, :, None], global_context, context)
         else:
