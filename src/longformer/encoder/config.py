@@ -77,9 +77,12 @@ class LongformerConfig:
         self.attention_dilation = self._per_layer_dilations(self.attention_dilation)
         if self.id2label is not None:
             self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
-            if len(self.id2label) != self.num_labels:
-                # id2label is the more specific statement (it names the labels): num_labels follows it.
-                self.num_labels = len(self.id2label)
+            if sorted(self.id2label) != list(range(self.num_labels)):
+                raise ValueError(
+                    f"id2label must name labels 0..num_labels-1 (num_labels={self.num_labels}), got {self.id2label}"
+                )
+            if self.id2label == _default_labels(self.num_labels):
+                self.id2label = None  # the generic names carry no information: keep configs comparable
         if self.max_length < 1:
             raise ValueError(
                 f"max_position_embeddings={self.max_position_embeddings} leaves no room for tokens with "
@@ -148,8 +151,13 @@ class LongformerConfig:
         kwargs = {k: v for k, v in d.items() if k in fields}
         hf_window = d.get("attention_window", 512)
         kwargs["attention_window"] = _one_sided(hf_window)
-        if kwargs.get("id2label") is not None and "num_labels" not in d:
-            kwargs["num_labels"] = len(kwargs["id2label"])
+        if kwargs.get("id2label") is not None:
+            if "num_labels" in overrides and "id2label" not in overrides:
+                # A new head size: the checkpoint's label names describe the old head.
+                if len(kwargs["id2label"]) != overrides["num_labels"]:
+                    del kwargs["id2label"]
+            else:
+                kwargs["num_labels"] = len(kwargs["id2label"])
         if isinstance(kwargs.get("eos_token_id"), list):  # transformers allows several; the first is the separator
             kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
         unknown = set(overrides) - fields
@@ -178,10 +186,8 @@ class LongformerConfig:
         d = dataclasses.asdict(self)
         d["attention_window"] = [2 * w for w in self.attention_window]
         d["model_type"] = "longformer"
-        if self.id2label is None:
-            d["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
-        else:
-            d["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        labels = self.id2label if self.id2label is not None else _default_labels(self.num_labels)
+        d["id2label"] = {str(k): v for k, v in labels.items()}
         d["label2id"] = {v: int(k) for k, v in d["id2label"].items()}
         if d["architectures"] is None:
             del d["architectures"]
@@ -241,6 +247,10 @@ class LongformerConfig:
             position_embedding_style=style,
         )
         return cls(**kwargs)
+
+
+def _default_labels(n: int) -> dict[int, str]:
+    return {i: f"LABEL_{i}" for i in range(n)}
 
 
 def _one_sided(hf_window: Any) -> int | list[int]:
