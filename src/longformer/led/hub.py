@@ -77,7 +77,7 @@ def to_model_keys(sd: dict[str, torch.Tensor], model: nn.Module, config: LEDConf
                 out.setdefault(k, out[source])
     expected = model.state_dict()
     if is_lm and "final_logits_bias" not in out:
-        out["final_logits_bias"] = torch.zeros_like(expected["final_logits_bias"])
+        out["final_logits_bias"] = torch.zeros(expected["final_logits_bias"].shape)
     missing = sorted(set(expected) - set(out))
     unexpected = sorted(set(out) - set(expected))
     shapes = sorted(
