@@ -18,10 +18,16 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-@pytest.mark.parametrize("windows,T", [((4, 8, 4), 23), ((4, 12), 29), ((8,), 5)])
-@pytest.mark.parametrize("impl", ["auto", "reference"])
+@pytest.mark.parametrize("windows,T,impl", [
+    ((4, 8, 4), 23, "auto"),
+    ((4, 8, 4), 23, "reference"),
+    ((4, 12), 29, "auto"),
+    ((8,), 5, "auto"),
+    ((4, 8, 4), 83, "auto"),  # T > 64: the blocked kernel
+    ((4, 8, 4), 83, "blocked"),
+])
 def test_model_matches_transformers(tmp_path, windows, T, impl):
-    hf = make_hf("LongformerModel", hf_config(windows))
+    hf = make_hf("LongformerModel", hf_config(windows, max_position_embeddings=90))
     hf.save_pretrained(tmp_path)
     ours = LongformerModel.from_pretrained(tmp_path, impl=impl)
     assert ours.config.attention_window == [w // 2 for w in windows]
