@@ -1,0 +1,212 @@
+"""`longformer bench model`: our encoder vs transformers' LongformerModel with the same weights.
+
+One run measures forward fp32, forward bf16 and a training step (forward + backward) fp32 for both
+models. Each measurement runs in a fresh process so its peak memory is its own. The weights are a
+seeded random transformers LongformerModel saved with save_pretrained; ours loads that dir, and the
+fp32 outputs of the two are compared before any number is reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MODES = ("forward-fp32", "forward-bf16", "train-fp32")
+IMPLS = ("transformers", "ours")
+# Goals from the issue: speed-up of ours over transformers (and the training step's peak-memory ratio).
+GOALS = {"forward-fp32": 1.5, "forward-bf16": 2.0, "train-fp32": 1.7}
+TRAIN_MEMORY_GOAL = 0.6
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--layers", type=int, default=12, help="encoder layers (default 12 = base; 1-2 for a quick check)")
+    parser.add_argument("--length", type=int, default=4096, help="tokens T (default 4096)")
+    parser.add_argument("--window", type=int, default=256, help="one-sided window w (default 256 = HF attention_window 512)")
+    parser.add_argument("--hidden", type=int, default=768, help="hidden size (default 768)")
+    parser.add_argument("--heads", type=int, default=12, help="attention heads (default 12)")
+    parser.add_argument("--intermediate", type=int, default=3072, help="FFN size (default 3072)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    parser.add_argument("--global-tokens", type=int, default=1, help="leading global tokens, like [CLS] (default 1)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up (default 2; the median is reported)")
+    parser.add_argument("--modes", type=str, default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    parser.add_argument("--json", type=str, default=None, metavar="PATH", help="also write the results as JSON ('-' = stdout)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        print(f"longformer bench model: error: --modes must be a comma-separated subset of {MODES}, got {args.modes!r}")
+        return 2
+    for name in ("layers", "length", "hidden", "heads", "intermediate", "batch", "repeats"):
+        if getattr(args, name) < 1:
+            print(f"longformer bench model: error: --{name} must be >= 1, got {getattr(args, name)}")
+            return 2
+    if args.hidden % args.heads or args.window < 0 or not 0 <= args.global_tokens <= args.length:
+        print("longformer bench model: error: need --hidden divisible by --heads, --window >= 0 and "
+              f"0 <= --global-tokens <= --length; got hidden={args.hidden}, heads={args.heads}, "
+              f"window={args.window}, global_tokens={args.global_tokens}")
+        return 2
+    with tempfile.TemporaryDirectory(prefix="longformer-bench-model-") as tmp:
+        model_dir = Path(tmp) / "model"
+        make_checkpoint(model_dir, args)
+        spec = {"model_dir": str(model_dir), "length": args.length, "batch": args.batch, "vocab": 50265,
+                "global_tokens": args.global_tokens, "repeats": args.repeats, "threads": args.threads}
+        jobs = [(mode, impl) for mode in modes for impl in IMPLS]
+        results: dict[str, dict[str, Any]] = {m: {} for m in modes}
+        for mode, impl in tqdm(jobs, desc="bench model (fresh process each)", file=sys.stderr):
+            out = Path(tmp) / f"{mode}-{impl}.pt" if mode == "forward-fp32" else None
+            results[mode][impl] = run_in_subprocess({**spec, "mode": mode, "impl": impl,
+                                                     "output_path": str(out) if out else None}, Path(tmp))
+        max_diff = compare_outputs(Path(tmp)) if "forward-fp32" in modes else None
+    report = summarize(args, results, max_diff)
+    print_report(report)
+    if args.json:
+        text = json.dumps(report, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    return 0
+
+
+def make_checkpoint(path: Path, args: argparse.Namespace) -> None:
+    """A seeded random transformers LongformerModel (dropout off: the two models do the same math)."""
+    import torch
+    import transformers
+
+    config = transformers.LongformerConfig(
+        vocab_size=50265, hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=args.heads,
+        intermediate_size=args.intermediate, attention_window=2 * args.window, max_position_embeddings=args.length + 2,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, type_vocab_size=1, layer_norm_eps=1e-5,
+    )
+    torch.manual_seed(0)
+    transformers.LongformerModel(config).save_pretrained(path)
+
+
+def compare_outputs(tmp: Path) -> float:
+    import torch
+
+    a, b = (torch.load(tmp / f"forward-fp32-{impl}.pt", weights_only=True) for impl in IMPLS)
+    return float((a - b).abs().max())
+
+
+def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]], max_diff: float | None) -> dict[str, Any]:
+    rows = {}
+    for mode, pair in results.items():
+        hf, ours = pair["transformers"], pair["ours"]
+        rows[mode] = {
+            "transformers": hf,
+            "ours": ours,
+            "speedup": hf["seconds"] / ours["seconds"],
+            "memory_ratio": ours["extra_peak_mb"] / max(hf["extra_peak_mb"], 1e-9),
+            "speedup_goal": GOALS[mode],
+        }
+    config = {k: getattr(args, k) for k in ("layers", "length", "window", "hidden", "heads", "intermediate", "batch",
+                                           "global_tokens", "repeats")}
+    return {"config": config, "threads": next(iter(next(iter(results.values())).values()))["threads"],
+            "max_abs_diff_fp32_output": max_diff, "results": rows}
+
+
+def print_report(report: dict[str, Any]) -> None:
+    c = report["config"]
+    print(f"\nbench model: {c['layers']} layers x {c['hidden']} ({c['heads']} heads, FFN {c['intermediate']}), "
+          f"B={c['batch']}, T={c['length']}, w={c['window']} (HF attention_window {2 * c['window']}), "
+          f"{c['global_tokens']} global token(s), {report['threads']} threads; median of {c['repeats']} runs after a warm-up")
+    if report["max_abs_diff_fp32_output"] is not None:
+        print(f"same weights check: max |ours - transformers| on the fp32 output = {report['max_abs_diff_fp32_output']:.2e}")
+    print(f"  {'mode':14} {'transformers':>13} {'ours':>9} {'speed-up':>9} {'goal':>6}   "
+          f"{'peak MB (HF)':>12} {'peak MB (ours)':>14} {'ours/HF':>8}")
+    for mode, r in report["results"].items():
+        hf, ours = r["transformers"], r["ours"]
+        goal = f">={r['speedup_goal']}x"
+        mem_goal = f" (goal <= {TRAIN_MEMORY_GOAL}x)" if mode == "train-fp32" else ""
+        print(f"  {mode:14} {hf['seconds']:>12.3f}s {ours['seconds']:>8.3f}s {r['speedup']:>8.2f}x {goal:>6}   "
+              f"{hf['extra_peak_mb']:>12.0f} {ours['extra_peak_mb']:>14.0f} {r['memory_ratio']:>7.2f}x{mem_goal}")
+    print("  peak MB = peak RSS during the runs minus RSS with the model loaded (weights and inputs excluded)")
+
+
+# ----------------------------------------------------------------------------- worker (fresh process)
+def run_in_subprocess(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    path = tmp / f"spec-{spec['mode']}-{spec['impl']}.json"
+    path.write_text(json.dumps(spec))
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
+    proc = subprocess.run([sys.executable, "-m", "longformer.bench.model", str(path)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench worker {spec['mode']} / {spec['impl']} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _rss_mb() -> tuple[float, float]:
+    text = Path("/proc/self/status").read_text()
+    rss, hwm = (int(re.search(rf"{k}:\s+(\d+)", text).group(1)) / 1024 for k in ("VmRSS", "VmHWM"))
+    return rss, hwm
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    import gc
+
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    if spec["impl"] == "ours":
+        from longformer.encoder import LongformerModel
+
+        model = LongformerModel.from_pretrained(spec["model_dir"])
+    else:
+        import transformers
+
+        model = transformers.LongformerModel.from_pretrained(spec["model_dir"])
+    mode = spec["mode"]
+    if mode == "forward-bf16":
+        model = model.to(torch.bfloat16)
+    g = torch.Generator().manual_seed(1)
+    B, T = spec["batch"], spec["length"]
+    ids = torch.randint(3, spec["vocab"], (B, T), generator=g)
+    ids[:, 0] = 0  # <s>
+    mask = torch.ones(B, T, dtype=torch.long)
+    global_mask = torch.zeros(B, T, dtype=torch.long)
+    global_mask[:, : spec["global_tokens"]] = 1
+    inputs = {"input_ids": ids, "attention_mask": mask, "global_attention_mask": global_mask}
+    train = mode == "train-fp32"
+    model.train(train)
+
+    def step() -> torch.Tensor:
+        if train:
+            model.zero_grad(set_to_none=True)
+            out = model(**inputs).last_hidden_state
+            out.float().square().mean().backward()
+            return out.detach()
+        with torch.inference_mode():
+            return model(**inputs).last_hidden_state
+
+    gc.collect()
+    before, _ = _rss_mb()
+    with open("/proc/self/clear_refs", "w") as f:  # peak RSS starts again from here (Linux >= 4.0)
+        f.write("5")
+    seconds = []
+    for _ in range(1 + spec["repeats"]):
+        start = time.perf_counter()
+        out = step()
+        seconds.append(time.perf_counter() - start)
+    _, peak = _rss_mb()
+    if spec.get("output_path"):
+        torch.save(out.float().clone(), spec["output_path"])
+    return {"seconds": statistics.median(seconds[1:]), "all_seconds": seconds, "rss_before_mb": before,
+            "peak_mb": peak, "extra_peak_mb": peak - before, "threads": torch.get_num_threads()}
+
+
+if __name__ == "__main__":
+    print(json.dumps(worker(json.loads(Path(sys.argv[1]).read_text()))))
