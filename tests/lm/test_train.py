@@ -62,6 +62,8 @@ def test_sigterm_saves_a_checkpoint_and_stops(text_file: Path, tmp_path: Path):
     stopped = load_state(out)["step"]
     assert 0 < stopped < 100_000
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(micro_preset(steps=4), _opts(text_file, out))
 
 
 def test_cli_train_eval_generate(text_file: Path, tmp_path: Path, monkeypatch, capsys):
@@ -112,3 +114,19 @@ def test_torchrun_ddp_two_processes(text_file: Path, tmp_path: Path):
     subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29531", str(script)],
                    check=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert load_state(out)["step"] == 4 and len(load_state(out)["data_rng"]) == 2
+
+
+def test_grad_accumulation_matches_one_big_batch(text_file: Path, tmp_path: Path):
+    # Two micro-batches of 2 draw the same windows as one batch of 4 and average the same gradients.
+    train(micro_preset(steps=4), _opts(text_file, tmp_path / "one"))
+    train(micro_preset(steps=4, grad_accum=2), _opts(text_file, tmp_path / "two"))
+    a, b = load_state(tmp_path / "one")["model"], load_state(tmp_path / "two")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_and_checkpointing_train(text_file: Path, tmp_path: Path):
+    preset = micro_preset(steps=4, bf16=True)
+    preset.model.grad_checkpointing = True
+    row = train(preset, _opts(text_file, tmp_path / "bf16"))
+    assert 0 < float(row["train_bpc"]) < 9 and float(row["val_bpc"]) < 9

@@ -10,6 +10,7 @@ with no extra parameters and with a plain (B, H, T, D) q/k that the attention co
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -91,8 +92,8 @@ class LongformerLM(nn.Module):
 
     def __init__(self, config: LMConfig) -> None:
         super().__init__()
-        self.config = config
-        c = config
+        self.config = replace(config)  # a copy: set_windows changes it during staged training
+        c = self.config
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(

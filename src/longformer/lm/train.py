@@ -101,6 +101,10 @@ def train(preset: Preset, opts: RunOptions) -> dict:
         cfg = train_config_from_dict(state["train_config"])
     elif opts.resume and rank == 0:
         print(f"--resume: no checkpoint in {out} yet, starting a new run")
+    elif (out / "checkpoint.pt").is_file():
+        raise FileExistsError(f"--out {out} already holds a run: pass --resume to continue it, or choose another --out")
+    if state is not None and state["vocab"] != opts.vocab:
+        raise ValueError(f"--resume: the run in {out} was trained with vocab {state['vocab']!r}, not {opts.vocab!r}")
     if model_cfg.vocab != opts.vocab:
         model_cfg = replace(model_cfg, vocab=opts.vocab)
     phases = cfg.phases
