@@ -141,8 +141,10 @@ def bart_to_led(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, max_leng
     state, _ = load_source_weights(src)
     model = from_state_dict(convert_bart_state_dict(state, max_length), config)
     gen_path = src / "generation_config.json"
+    keep = set(GENERATION_KEYS) | {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"}
     model.generation_defaults = (
-        {k: v for k, v in json.loads(gen_path.read_text()).items() if v is not None} if gen_path.is_file() else {}
+        {k: v for k, v in json.loads(gen_path.read_text()).items() if k in keep and v is not None}
+        if gen_path.is_file() else {}
     )
 
     dst.parent.mkdir(parents=True, exist_ok=True)
