@@ -7,6 +7,7 @@ from .config import LongformerConfig
 from .heads import (LongformerForMaskedLM, LongformerForMultipleChoice, LongformerForQuestionAnswering,
                     LongformerForSequenceClassification, LongformerForTokenClassification)
 from .modeling import LongformerLayer, LongformerModel
+from .tokenizer import load_tokenizer
 from .outputs import (LongformerOutput, MaskedLMOutput, MultipleChoiceOutput, QuestionAnsweringOutput,
                       SequenceClassifierOutput, TokenClassifierOutput)
 
@@ -26,4 +27,5 @@ __all__ = [
     "QuestionAnsweringOutput",
     "TokenClassifierOutput",
     "MultipleChoiceOutput",
+    "load_tokenizer",
 ]
