@@ -28,6 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop-at", type=int, default=None, help="save and stop after this step, as a kill would")
     p.add_argument("--attn-impl", default="auto", choices=("auto", "reference", "blocked"))
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train)
 
@@ -42,6 +43,7 @@ def register(subparsers) -> None:
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--bf16", action="store_true")
     e.add_argument("--attn-impl", default="auto", choices=("auto", "reference", "blocked"))
+    e.add_argument("--device", default="cpu", help="e.g. cpu, cuda")
     e.add_argument("--json", action="store_true", help="print one JSON object (with a 'bpc' field) on stdout")
     e.set_defaults(func=run_eval)
 
@@ -80,7 +82,7 @@ def run_train(args: argparse.Namespace) -> int:
                     grad_checkpointing=args.grad_checkpointing or preset.model.grad_checkpointing)
     preset = replace(preset, model=model, train=t)
     opts = RunOptions(data=path, out=args.out, vocab=vocab, resume=args.resume, stop_at=args.stop_at,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, device=args.device)
     try:
         row = train(preset, opts)
     except KeyboardInterrupt as err:
@@ -97,6 +99,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_bpc
 
     model, state = load_model(args.checkpoint, attn_impl=args.attn_impl)
+    model.to(args.device)
     path, data_vocab = resolve_data(args.data)
     vocab = _vocab_for(data_vocab, state["vocab"], "eval-lm")
     stride = args.seq_len // 2 if args.stride is None else args.stride

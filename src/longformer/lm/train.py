@@ -68,7 +68,7 @@ class RunOptions:
     resume: bool = False
     stop_at: int | None = None  # save and stop after this global step (as if killed there)
     progress: bool = True
-    device: str = "cpu"
+    device: str = "cpu"  # "cpu" or "cuda" (with torchrun: one GPU per process, NCCL)
 
 
 class _StopFlag:
@@ -81,16 +81,22 @@ class _StopFlag:
         self.signum = signum
 
 
-def _dist_info() -> tuple[int, int]:
+def _dist_info(device: str) -> tuple[int, int, str]:
+    """(rank, world size, this process's device). torchrun sets WORLD_SIZE / LOCAL_RANK."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
+    if world == 1:
+        return 0, 1, device
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    return dist.get_rank(), world, device
 
 
 def train(preset: Preset, opts: RunOptions) -> dict:
     """Run (or resume) a training run in ``opts.out``. Returns the last logged row as a dict."""
-    rank, world = _dist_info()
+    rank, world, device = _dist_info(opts.device)
     out = Path(opts.out)
     model_cfg, cfg = preset.model, preset.train
     state = None
@@ -113,7 +119,7 @@ def train(preset: Preset, opts: RunOptions) -> dict:
             raise ValueError(f"phase batch_size {p.batch_size} must be divisible by world_size x grad_accum = {world * cfg.grad_accum}")
 
     torch.manual_seed(cfg.seed)
-    model = LongformerLM(model_cfg).to(opts.device)
+    model = LongformerLM(model_cfg).to(device)
     train_stream = SymbolStream(opts.data, "train", opts.vocab)
     valid_stream = SymbolStream(opts.data, "valid", opts.vocab)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -132,7 +138,12 @@ def train(preset: Preset, opts: RunOptions) -> dict:
         torch.set_rng_state(state["torch_rng"])
         data_gen.set_state(state["data_rng"][rank])
         step, elapsed = state["step"], state["elapsed_s"]
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    on_cuda = device.startswith("cuda")
+    if state is not None and on_cuda and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if on_cuda else None)
 
     stop = _StopFlag()
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -158,7 +169,8 @@ def train(preset: Preset, opts: RunOptions) -> dict:
             return
         snapshot = {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(), "data_rng": rngs, "step": step, "elapsed_s": elapsed,
+            "torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(device) if on_cuda else None,
+            "data_rng": rngs, "step": step, "elapsed_s": elapsed,
             "phase": phase_at(phases, max(step - 1, 0))[0], "model_config": model.config.to_dict(),
             "train_config": train_config_to_dict(cfg), "vocab": opts.vocab, "data": str(opts.data),
         }
@@ -179,10 +191,10 @@ def train(preset: Preset, opts: RunOptions) -> dict:
             loss_sum = 0.0
             for a in range(cfg.grad_accum):
                 x, y = train_stream.random_batch(micro, p.seq_len, data_gen)
-                x, y = x.to(opts.device), y.to(opts.device)
+                x, y = x.to(device), y.to(device)
                 sync = a == cfg.grad_accum - 1 or world == 1
                 ctx = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
-                with ctx, torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                with ctx, torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
                     logits = ddp_model(x)
                     loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
                 (loss / cfg.grad_accum).backward()
