@@ -97,7 +97,13 @@ class LongformerSelfAttention(nn.Module):
             # Global rows: full attention over every unpadded key with the global projections. With the
             # global mask, a global query sees every key whatever the window, so window=0 keeps the
             # (discarded) local rows of this call cheap.
-            qg = self._heads(self.query_global(hidden))
+            if tracing:
+                qg = self._heads(self.query_global(hidden))
+            else:
+                # Only global rows' queries are used: project those G rows, not all T (as transformers).
+                where = global_mask.nonzero(as_tuple=True)
+                qg = hidden.new_zeros(B, T, C).index_put(where, self.query_global(hidden[where]))
+                qg = self._heads(qg)
             kg = self._heads(self.key_global(hidden))
             vg = self._heads(self.value_global(hidden))
             global_context = sliding_window_attention(

@@ -30,40 +30,29 @@ def first_separator(input_ids: torch.Tensor, sep_token_id: int | None) -> torch.
     return is_sep.int().argmax(dim=-1)
 
 
-class _Methods:
-    """Not a base class: a namespace of the three methods every task model shares (assigned below)."""
-
-    @staticmethod
-    def gradient_checkpointing_enable(self) -> None:
-        """Recompute each encoder layer in backward (torch.utils.checkpoint, use_reentrant=False)."""
-        self.longformer.gradient_checkpointing_enable()
-
-    @staticmethod
-    def gradient_checkpointing_disable(self) -> None:
-        self.longformer.gradient_checkpointing_disable()
-
-    @staticmethod
-    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any):
-        """Load our saved dirs or transformers Longformer dirs (see hub.load_pretrained); overrides
-        set config fields (e.g. num_labels=3)."""
-        from .hub import load_pretrained
-
-        return load_pretrained(cls, path, **overrides)
-
-    @staticmethod
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write config.json + model.safetensors that the matching transformers class loads."""
-        from .hub import save_pretrained
-
-        save_pretrained(self, path)
+# The methods every task model shares, as plain functions each class lists in its body (no base class).
+def _gradient_checkpointing_enable(self) -> None:
+    """Recompute each encoder layer in backward (torch.utils.checkpoint, use_reentrant=False)."""
+    self.longformer.gradient_checkpointing_enable()
 
 
-def _task_methods(cls):
-    cls.gradient_checkpointing_enable = _Methods.gradient_checkpointing_enable
-    cls.gradient_checkpointing_disable = _Methods.gradient_checkpointing_disable
-    cls.from_pretrained = classmethod(_Methods.from_pretrained)
-    cls.save_pretrained = _Methods.save_pretrained
-    return cls
+def _gradient_checkpointing_disable(self) -> None:
+    self.longformer.gradient_checkpointing_disable()
+
+
+def _from_pretrained(cls, path: str | os.PathLike, **overrides: Any):
+    """Load our saved dirs or transformers Longformer dirs (see hub.load_pretrained); overrides set config
+    fields (e.g. num_labels=3 for a new head), plus impl= and dtype=."""
+    from .hub import load_pretrained
+
+    return load_pretrained(cls, path, **overrides)
+
+
+def _save_pretrained(self, path: str | os.PathLike) -> None:
+    """Write config.json + model.safetensors that the transformers class of the same name loads."""
+    from .hub import save_pretrained
+
+    save_pretrained(self, path)
 
 
 class LongformerLMHead(nn.Module):
@@ -81,8 +70,12 @@ class LongformerLMHead(nn.Module):
         return self.decoder(self.layer_norm(F.gelu(self.dense(x))))  # (B, T, V)
 
 
-@_task_methods
 class LongformerForMaskedLM(nn.Module):
+    from_pretrained = classmethod(_from_pretrained)
+    save_pretrained = _save_pretrained
+    gradient_checkpointing_enable = _gradient_checkpointing_enable
+    gradient_checkpointing_disable = _gradient_checkpointing_disable
+
     def __init__(self, config: LongformerConfig, impl: str = "auto") -> None:
         super().__init__()
         self.config = config
@@ -138,9 +131,13 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type
     raise ValueError(f"unknown problem_type {problem_type!r}")
 
 
-@_task_methods
 class LongformerForSequenceClassification(nn.Module):
     """Global attention on the first token unless global_attention_mask is given."""
+
+    from_pretrained = classmethod(_from_pretrained)
+    save_pretrained = _save_pretrained
+    gradient_checkpointing_enable = _gradient_checkpointing_enable
+    gradient_checkpointing_disable = _gradient_checkpointing_disable
 
     def __init__(self, config: LongformerConfig, impl: str = "auto") -> None:
         super().__init__()
@@ -164,9 +161,13 @@ class LongformerForSequenceClassification(nn.Module):
         return SequenceClassifierOutput(logits=logits, loss=loss, hidden_states=out.hidden_states)
 
 
-@_task_methods
 class LongformerForQuestionAnswering(nn.Module):
     """Global attention on the question (tokens before the first separator) unless given."""
+
+    from_pretrained = classmethod(_from_pretrained)
+    save_pretrained = _save_pretrained
+    gradient_checkpointing_enable = _gradient_checkpointing_enable
+    gradient_checkpointing_disable = _gradient_checkpointing_disable
 
     def __init__(self, config: LongformerConfig, impl: str = "auto") -> None:
         super().__init__()
@@ -200,8 +201,12 @@ class LongformerForQuestionAnswering(nn.Module):
         return QuestionAnsweringOutput(start_logits, end_logits, loss, out.hidden_states)
 
 
-@_task_methods
 class LongformerForTokenClassification(nn.Module):
+    from_pretrained = classmethod(_from_pretrained)
+    save_pretrained = _save_pretrained
+    gradient_checkpointing_enable = _gradient_checkpointing_enable
+    gradient_checkpointing_disable = _gradient_checkpointing_disable
+
     def __init__(self, config: LongformerConfig, impl: str = "auto") -> None:
         super().__init__()
         self.config = config
@@ -222,10 +227,14 @@ class LongformerForTokenClassification(nn.Module):
         return TokenClassifierOutput(logits=logits, loss=loss, hidden_states=out.hidden_states)
 
 
-@_task_methods
 class LongformerForMultipleChoice(nn.Module):
     """Inputs (B, num_choices, T). Default global attention as transformers: the tokens after the first
     separator pair (the choice), found per choice."""
+
+    from_pretrained = classmethod(_from_pretrained)
+    save_pretrained = _save_pretrained
+    gradient_checkpointing_enable = _gradient_checkpointing_enable
+    gradient_checkpointing_disable = _gradient_checkpointing_disable
 
     def __init__(self, config: LongformerConfig, impl: str = "auto") -> None:
         super().__init__()
