@@ -74,3 +74,15 @@ def classification_rows(n: int, seed: int, min_words: int = 3, max_words: int = 
             words.insert(rng.randrange(len(words) + 1), "red")
         rows.append({"id": f"c{i}", "text": " ".join(words), "label": label})
     return rows
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP threads that spin
+    waiting for each other make a 10 ms step take seconds."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

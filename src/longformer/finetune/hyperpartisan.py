@@ -52,10 +52,12 @@ def read_articles(directory: str | Path) -> list[dict[str, str]]:
     return out
 
 
-def split_ids(directory: str | Path, split: str, seed: int = 0) -> dict[str, list[str]]:
-    """Article ids (as in the XML, e.g. ``"0000042"``) of train/dev/test for ``split``."""
+def split_ids(directory: str | Path, split: str, seed: int = 0,
+              articles: list[dict[str, str]] | None = None) -> dict[str, list[str]]:
+    """Article ids (as in the XML, e.g. ``"0000042"``) of train/dev/test for ``split``
+    (``articles``: the already parsed ``read_articles(directory)``, to avoid parsing twice)."""
     directory = Path(directory)
-    articles = read_articles(directory)
+    articles = read_articles(directory) if articles is None else articles
     all_ids = [a["id"] for a in articles]
     if split == "stratified":
         return _stratified(articles, seed)
@@ -92,8 +94,9 @@ def _stratified(articles: list[dict[str, str]], seed: int) -> dict[str, list[str
 
 def load_splits(directory: str | Path, split: str, seed: int = 0) -> dict[str, list[dict[str, str]]]:
     """``{"train"|"dev"|"test": [{"id", "text", "label"}, ...]}`` for ``split``."""
-    articles = {a["id"]: a for a in read_articles(directory)}
-    return {name: [articles[i] for i in ids] for name, ids in split_ids(directory, split, seed).items()}
+    parsed = read_articles(directory)
+    by_id = {a["id"]: a for a in parsed}
+    return {name: [by_id[i] for i in ids] for name, ids in split_ids(directory, split, seed, parsed).items()}
 
 
 def split_report(splits: dict[str, list[dict[str, str]]]) -> dict[str, dict[str, int]]:
