@@ -138,10 +138,13 @@ def band_forward(
     lse = torch.empty(lay.nb, lay.c, dtype=stat, device=q.device)
     for b0, b1 in _chunks(lay, rows_per_chunk):
         s = scores(b0, b1)  # (n, c, L)
-        m = torch.logsumexp(s, dim=-1)  # (n, c)
-        lse[b0:b1] = m
-        p = s.sub_(m.masked_fill(m == NEG_INF, 0.0).unsqueeze(-1)).exp_()  # normalised probabilities
-        torch.bmm(p.to(v.dtype), vwin[b0:b1], out=out[b0:b1])
+        m = s.amax(dim=-1, keepdim=True)  # (n, c, 1); subtracting the max keeps exp exact-ish
+        m.masked_fill_(m == NEG_INF, 0.0)  # a row with no key: exp(-inf - 0) = 0, not NaN
+        p = s.sub_(m).exp_()
+        l = p.sum(dim=-1, keepdim=True)  # (n, c, 1)
+        o = torch.bmm(p.to(v.dtype), vwin[b0:b1], out=out[b0:b1])
+        o.div_(l.clamp_min(torch.finfo(stat).tiny))  # empty rows: 0 / tiny = 0
+        lse[b0:b1] = (m + l.log()).squeeze(-1)  # log(0) = -inf for empty rows
     return out.view(-1, D)[:T], lse.view(-1)[:T]
 
 
@@ -166,17 +169,25 @@ def band_backward(
     """
     T, D = q.shape
     c, nb = lay.c, lay.nb
-    qb = _pad_rows(q, 0, nb * c).view(nb, c, D)
-    kwin = _windows(_pad_rows(k, lay.left, lay.Tp), lay)
-    vwin = _windows(_pad_rows(v, lay.left, lay.Tp), lay)
-    dob = _pad_rows(dout, 0, nb * c).view(nb, c, D)
+    # The scores are recomputed exactly as in forward (same dtype, same GEMMs), so that they match
+    # the saved log-sum-exp. Every other product runs in the statistics dtype: low-precision
+    # rounding of dP would not cancel against delta (computed from the output), and overlapping
+    # window gradients would be rounded once per window.
+    qb_in = _pad_rows(q, 0, nb * c).view(nb, c, D)
+    kp_in = _pad_rows(k, lay.left, lay.Tp)
+    scores = _Scores(qb_in, _windows(kp_in, lay), lay, key_ok, scale, stat)
+    if q.dtype == stat:
+        qb, kwin = qb_in, _windows(kp_in, lay)
+    else:
+        qb, kwin = qb_in.to(stat), _windows(kp_in.to(stat), lay)
+    vwin = _windows(_pad_rows(v, lay.left, lay.Tp, stat), lay)
+    dob = _pad_rows(dout, 0, nb * c, stat).view(nb, c, D)
     lse_b = torch.zeros(nb * c, dtype=stat, device=q.device)
     lse_b[:T] = lse.masked_fill(lse == NEG_INF, 0.0)  # empty rows: every s is -inf, so p = 0
     lse_b = lse_b.view(nb, c, 1)
     delta_b = torch.zeros(nb * c, dtype=stat, device=q.device)
     delta_b[:T] = delta
     delta_b = delta_b.view(nb, c, 1)
-    scores = _Scores(qb, kwin, lay, key_ok, scale, stat)
     dq = torch.empty(nb, c, D, dtype=stat, device=q.device)
     m = lay.L // c
     # windows overlap: block n's window is rows [n*c, n*c + L) of these padded buffers
@@ -185,10 +196,9 @@ def band_backward(
     for b0, b1 in _chunks(lay, rows_per_chunk):
         p = scores(b0, b1).sub_(lse_b[b0:b1]).exp_()  # (n, c, L)
         do = dob[b0:b1]
-        dv_win = torch.bmm(p.transpose(1, 2).to(v.dtype), do)  # (n, L, D)
-        dp = torch.bmm(do, vwin[b0:b1].transpose(1, 2))
-        ds = dp.to(stat).sub_(delta_b[b0:b1]).mul_(p).to(q.dtype)  # (n, c, L)
-        dq[b0:b1] = torch.bmm(ds, kwin[b0:b1])
+        dv_win = torch.bmm(p.transpose(1, 2), do)  # (n, L, D)
+        ds = torch.bmm(do, vwin[b0:b1].transpose(1, 2)).sub_(delta_b[b0:b1]).mul_(p)  # (n, c, L)
+        torch.bmm(ds, kwin[b0:b1], out=dq[b0:b1])
         dk_win = torch.bmm(ds.transpose(1, 2), qb[b0:b1])  # (n, L, D)
         for j in range(m):
             dkp[b0 + j : b1 + j] += dk_win[:, j * c : (j + 1) * c]

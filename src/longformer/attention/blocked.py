@@ -180,17 +180,21 @@ def _global_forward(plan: _Plan, b, idx, q, k, v, out, lse) -> None:
 def _global_backward(plan: _Plan, b, idx, q, k, v, lse, do, delta, do_loc, delta_loc, dq, dk, dv) -> None:
     """Add the gradients of parts 2 and 3 of one head to the (T, D) accumulators dq, dk, dv."""
     T = q.shape[0]
-    dt, scale = q.dtype, plan.scale
+    st, scale = plan.stat, plan.scale
+    # scores recomputed as in forward, every other product in the statistics dtype (see band_backward)
     to_glob, from_glob = _global_masks(plan, b, idx, T)
+    s_glob = _scores(plan, q, k[idx], to_glob)  # (T, G)
+    s_rows = _scores(plan, q[idx], k, from_glob)  # (G, T)
+    q, k, v, do, do_loc = (t.to(st) for t in (q, k, v, do, do_loc))
     kg, vg = k[idx], v[idx]
-    p = _scores(plan, q, kg, to_glob).sub_(_safe(lse)[:, None]).exp_()  # (T, G)
-    dv.index_add_(0, idx, (p.transpose(0, 1).to(dt) @ do_loc).to(plan.stat))
-    ds = (do_loc @ vg.transpose(0, 1)).to(plan.stat).sub_(delta_loc[:, None]).mul_(p).to(dt)
-    dq.add_((ds @ kg).to(plan.stat), alpha=scale)
-    dk.index_add_(0, idx, (ds.transpose(0, 1) @ q).to(plan.stat), alpha=scale)
+    p = s_glob.sub_(_safe(lse)[:, None]).exp_()
+    dv.index_add_(0, idx, p.transpose(0, 1) @ do_loc)
+    ds = (do_loc @ vg.transpose(0, 1)).sub_(delta_loc[:, None]).mul_(p)
+    dq.add_(ds @ kg, alpha=scale)
+    dk.index_add_(0, idx, ds.transpose(0, 1) @ q, alpha=scale)
     qg, dog = q[idx], do[idx]
-    p = _scores(plan, qg, k, from_glob).sub_(_safe(lse[idx])[:, None]).exp_()  # (G, T)
-    dv.add_((p.transpose(0, 1).to(dt) @ dog).to(plan.stat))
-    ds = (dog @ v.transpose(0, 1)).to(plan.stat).sub_(delta[idx][:, None]).mul_(p).to(dt)
-    dq.index_add_(0, idx, (ds @ k).to(plan.stat), alpha=scale)
-    dk.add_((ds.transpose(0, 1) @ qg).to(plan.stat), alpha=scale)
+    p = s_rows.sub_(_safe(lse[idx])[:, None]).exp_()
+    dv.add_(p.transpose(0, 1) @ dog)
+    ds = (dog @ v.transpose(0, 1)).sub_(delta[idx][:, None]).mul_(p)
+    dq.index_add_(0, idx, ds @ k, alpha=scale)
+    dk.add_(ds.transpose(0, 1) @ qg, alpha=scale)
