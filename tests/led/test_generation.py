@@ -119,3 +119,23 @@ def test_generation_errors(pair):
         ours.generate(ids, mask, glob, beams=2)
     with pytest.raises(ValueError, match="max_encoder_position_embeddings"):
         ours.generate(torch.full((1, 97), 5))
+
+
+def test_another_configuration_through_from_pretrained(tmp_path):
+    # different depth/width/heads/activation, untied embeddings, two-sided windows 4/6/12, int eos list
+    transformers = pytest.importorskip("transformers")
+    hf = hf_led(seed=9, vocab_size=53, d_model=24, encoder_layers=3, decoder_layers=1, encoder_attention_heads=3,
+                decoder_attention_heads=4, attention_window=[4, 6, 12], activation_function="gelu_new",
+                tie_word_embeddings=False, eos_token_id=[2], max_decoder_position_embeddings=30)
+    hf.save_pretrained(tmp_path)
+    hf = transformers.LEDForConditionalGeneration.from_pretrained(tmp_path).eval()
+    ours = from_pretrained(tmp_path)
+    ids, mask, glob = batch(T=36, vocab=53)
+    dec = torch.tensor([[2, 4, 8, 15, 16, 23]] * 3)
+    with torch.no_grad():
+        a = hf(input_ids=ids, attention_mask=mask, global_attention_mask=glob, decoder_input_ids=dec).logits
+        b = ours(ids, mask, glob, dec).logits
+    assert (a - b).abs().max() <= 1e-4
+    for settings in (dict(max_new_tokens=14), dict(max_new_tokens=14, num_beams=4)):
+        expected = hf.generate(input_ids=ids, attention_mask=mask, global_attention_mask=glob, **settings)
+        assert ours.generate(ids, mask, glob, **settings).tolist() == expected.tolist()

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
+ACTIVATIONS = ("gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu",
+               "swish", "mish", "tanh", "sigmoid", "linear")
 
 # Keys of a Hugging Face config.json that belong to generation, not to the model (transformers 5 refuses
 # to save a model config holding them). We read them as generation defaults and save them in
@@ -54,10 +55,10 @@ class LEDConfig:
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0
     init_std: float = 0.02
-    pad_token_id: int = 1
+    pad_token_id: int | None = 1
     bos_token_id: int | None = 0
     eos_token_id: int | list[int] | None = 2
-    decoder_start_token_id: int = 2
+    decoder_start_token_id: int | None = 2
     tie_word_embeddings: bool = True
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -75,8 +76,10 @@ class LEDConfig:
                 )
         if self.activation_function not in ACTIVATIONS:
             raise ValueError(f"activation_function must be one of {ACTIVATIONS}, got {self.activation_function!r}")
-        for name in ("pad_token_id", "decoder_start_token_id"):
+        for name in ("pad_token_id", "decoder_start_token_id", "bos_token_id"):
             value = getattr(self, name)
+            if value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size:
                 raise ValueError(f"LEDConfig.{name} must be an int in [0, vocab_size={self.vocab_size}), got {value!r}")
         self.attention_window = self._per_layer_windows(self.attention_window)

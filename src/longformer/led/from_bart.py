@@ -120,12 +120,12 @@ def bart_to_led(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, max_leng
         src_dir: BART dir (config.json with model_type bart + model.safetensors or pytorch_model.bin).
         dst_dir: output; must not exist or be empty unless ``force``.
         max_length: encoder tokens of the LED (>= BART's max_position_embeddings).
-        attention_window: Hugging Face's two-sided, even window (1024 = w 512, as led-base-16384),
+        attention_window: Hugging Face's two-sided, even window (None or 1024 = w 512, as led-base-16384),
             one value or one per encoder layer. Ignored when ``window`` (one-sided w) is given.
     Returns:
         the record, also written to ``dst_dir/led_conversion.json``.
     """
-    from .hub import from_state_dict, save_pretrained
+    from .hub import CheckpointError, from_state_dict, save_pretrained
 
     src, dst = Path(src_dir), Path(dst_dir)
     if not (src / "config.json").is_file():
@@ -139,7 +139,10 @@ def bart_to_led(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, max_leng
         raise ConversionError(f"dst_dir {str(dst)!r} is not empty (pass force=True / --force to replace it)")
     config = led_config_from_bart(bart, max_length, windows)
     state, _ = load_source_weights(src)
-    model = from_state_dict(convert_bart_state_dict(state, max_length), config)
+    try:
+        model = from_state_dict(convert_bart_state_dict(state, max_length), config)
+    except CheckpointError as err:
+        raise ConversionError(f"{src}: {err}") from None
     gen_path = src / "generation_config.json"
     keep = set(GENERATION_KEYS) | {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"}
     model.generation_defaults = (
@@ -172,7 +175,9 @@ def _one_sided(attention_window: int | Sequence[int] | None, window: int | Seque
     if window is not None:
         values = [window] * layers if isinstance(window, int) else list(window)
     else:
-        hf = [attention_window] * layers if isinstance(attention_window, int) else list(attention_window or [])
+        if attention_window is None:
+            attention_window = 1024  # led-base-16384's two-sided window
+        hf = [attention_window] * layers if isinstance(attention_window, int) else list(attention_window)
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 or v % 2 for v in hf):
             raise ConversionError(f"attention_window is two-sided and must be even ints >= 0, got {attention_window!r}")
         values = [v // 2 for v in hf]

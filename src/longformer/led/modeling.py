@@ -21,6 +21,11 @@ from .decoder import DecoderCache, LEDDecoder
 
 ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
+    "gelu_python": F.gelu,
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "mish": F.mish,
+    "sigmoid": torch.sigmoid,
+    "linear": lambda x: x,
     "gelu_new": partial(F.gelu, approximate="tanh"),
     "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
     "gelu_fast": partial(F.gelu, approximate="tanh"),
@@ -251,8 +256,11 @@ class LEDOutput:
     loss: torch.Tensor | None = None
 
 
-def shift_tokens_right(ids: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+def shift_tokens_right(ids: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None) -> torch.Tensor:
     """(B, t) labels -> decoder inputs: start token first, labels shifted one right, -100 -> pad."""
+    if pad_token_id is None or decoder_start_token_id is None:
+        raise ValueError("pad_token_id and decoder_start_token_id must be set in the config to build decoder inputs; "
+                         "pass decoder_input_ids instead")
     out = ids.new_full(ids.shape, pad_token_id)
     out[:, 1:] = ids[:, :-1]
     out[:, 0] = decoder_start_token_id
