@@ -52,13 +52,23 @@ def test_exact_resume_after_stop(text_file: Path, tmp_path: Path):
 
 def test_sigterm_saves_a_checkpoint_and_stops(text_file: Path, tmp_path: Path):
     out = tmp_path / "run"
-    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
+    done = threading.Event()
+
+    def kill_when_running() -> None:
+        # log.csv is written after the handlers are installed: a signal before that would kill pytest.
+        while not (out / "log.csv").is_file() and not done.wait(0.05):
+            pass
+        if not done.wait(0.5):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=kill_when_running, daemon=True)
+    killer.start()
     try:
         with pytest.raises(KeyboardInterrupt, match="signal"):
             train(micro_preset(steps=100_000), _opts(text_file, out))
     finally:
-        timer.cancel()
+        done.set()
+        killer.join()
     stopped = load_state(out)["step"]
     assert 0 < stopped < 100_000
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored

@@ -109,6 +109,9 @@ def train(preset: Preset, opts: RunOptions) -> dict:
         print(f"--resume: no checkpoint in {out} yet, starting a new run")
     elif (out / "checkpoint.pt").is_file():
         raise FileExistsError(f"--out {out} already holds a run: pass --resume to continue it, or choose another --out")
+    if state is not None and len(state["data_rng"]) != world:
+        raise ValueError(f"--resume: the run in {out} used {len(state['data_rng'])} processes; resume it with the same "
+                         f"number (got {world}) so every process continues its own data stream")
     if state is not None and state["vocab"] != opts.vocab:
         raise ValueError(f"--resume: the run in {out} was trained with vocab {state['vocab']!r}, not {opts.vocab!r}")
     if model_cfg.vocab != opts.vocab:
@@ -266,7 +269,7 @@ def plot_log(log_path: Path, png_path: Path) -> None:
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([int(r["step"]) for r in rows], [float(r["train_bpc"]) for r in rows], label="train (running mean)")
+    ax.plot([int(r["step"]) for r in rows], [float(r["train_bpc"]) for r in rows], label="train (mean since the previous row)")
     val = [(int(r["step"]), float(r["val_bpc"])) for r in rows if r["val_bpc"]]
     if val:
         ax.plot(*zip(*val), "o-", label="valid")
