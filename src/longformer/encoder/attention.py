@@ -93,23 +93,11 @@ class LongformerSelfAttention(nn.Module):
             attention_mask=attention_mask, global_attention_mask=global_mask, impl=impl,
         )  # (B, H, T, D)
 
-        if global_mask is not None and (tracing or bool(global_mask.any())):
-            # Global rows: full attention over every unpadded key with the global projections. With the
-            # global mask, a global query sees every key whatever the window, so window=0 keeps the
-            # (discarded) local rows of this call cheap.
-            if tracing:
-                qg = self._heads(self.query_global(hidden))
-            else:
-                # Only global rows' queries are used: project those G rows, not all T (as transformers).
-                where = global_mask.nonzero(as_tuple=True)
-                qg = hidden.new_zeros(B, T, C).index_put(where, self.query_global(hidden[where]))
-                qg = self._heads(qg)
-            kg = self._heads(self.key_global(hidden))
-            vg = self._heads(self.value_global(hidden))
-            global_context = sliding_window_attention(
-                qg, kg, vg, 0, attention_mask=attention_mask, global_attention_mask=global_mask, impl=impl
-            )
-            context = torch.where(global_mask[:, None, :, None], global_context, context)
+        if global_mask is not None and tracing:
+            context = torch.where(global_mask[:, None, :, None], self._global_rows_core(hidden, attention_mask,
+                                                                                        global_mask, impl), context)
+        elif global_mask is not None and bool(global_mask.any()):
+            context = self._overwrite_global_rows(context, hidden, attention_mask, global_mask)
         else:
             # No global token: the global projections are unused. Touch them with a zero so every
             # parameter gets a (zero) gradient and DDP does not fail on "unused parameters".
@@ -121,3 +109,39 @@ class LongformerSelfAttention(nn.Module):
             # transformers zeroes padded query rows (the core leaves them to the caller).
             context = context.masked_fill(~attention_mask[:, None, :, None], 0.0)
         return context.transpose(1, 2).reshape(B, T, C)
+
+    def _global_rows_core(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
+                          global_mask: torch.Tensor, impl: str) -> torch.Tensor:
+        """Global rows at fixed shapes (under torch.compile): the core with the global mask, where a
+        global query sees every unpadded key whatever the window (window 0 keeps the discarded local
+        rows cheap). Returns (B, H, T, D); only global rows are meaningful."""
+        qg, kg, vg = (self._heads(p(hidden)) for p in (self.query_global, self.key_global, self.value_global))
+        return sliding_window_attention(qg, kg, vg, 0, attention_mask=attention_mask,
+                                        global_attention_mask=global_mask, impl=impl)
+
+    def _overwrite_global_rows(self, context: torch.Tensor, hidden: torch.Tensor,
+                               attention_mask: torch.Tensor | None, global_mask: torch.Tensor) -> torch.Tensor:
+        """Global rows in eager mode: transformers' own formulation, a dense (G x T) softmax attention
+        of the G global queries over every unpadded key with the global projections (G = most global
+        tokens in a row). O(G * T) instead of a second pass over the whole band.
+
+        context: (B, H, T, D) local result. Returns it with the global rows replaced.
+        """
+        B, H, T, D = context.shape
+        counts = global_mask.sum(dim=1)  # (B,)
+        G = int(counts.max())
+        # Global positions first, in order (stable sort), then filler positions for rows with fewer.
+        order = torch.argsort((~global_mask).to(torch.int8), dim=1, stable=True)[:, :G]  # (B, G)
+        real = torch.arange(G, device=hidden.device)[None, :] < counts[:, None]  # (B, G)
+        h_glob = hidden.gather(1, order[:, :, None].expand(B, G, hidden.shape[-1]))  # (B, G, C)
+        qg = self._heads(self.query_global(h_glob))  # (B, H, G, D)
+        kg = self._heads(self.key_global(hidden))  # (B, H, T, D)
+        vg = self._heads(self.value_global(hidden))
+        scores = torch.matmul(qg, kg.transpose(-1, -2)).float() * D**-0.5  # (B, H, G, T)
+        if attention_mask is not None:
+            scores = scores.masked_fill(~attention_mask[:, None, None, :], float("-inf"))
+        # A global row always sees itself, so no row is fully masked (no NaN).
+        out = torch.matmul(torch.softmax(scores, dim=-1).to(vg.dtype), vg)  # (B, H, G, D)
+        b_idx, t_idx = global_mask.nonzero(as_tuple=True)  # row-major: matches `order` within each row
+        values = out.transpose(1, 2)[real]  # (N, H, D)
+        return context.transpose(1, 2).index_put((b_idx, t_idx), values.to(context.dtype)).transpose(1, 2)
