@@ -80,6 +80,12 @@ def register(subparsers: Any) -> None:
     e.add_argument("--split-seed", type=int, default=0)
     e.set_defaults(func=_run_export)
 
+    s = subparsers.add_parser("finetune-summary", help="mean ± std over seeds of finished finetune runs",
+                              description="Read OUT/metrics.json of each run dir and print a Markdown table of "
+                                          "test/validation metrics, training time and peak memory (mean ± std).")
+    s.add_argument("runs", nargs="+", help="--out dirs of `longformer finetune` runs")
+    s.set_defaults(func=_run_summary)
+
 
 def _fail(err: Exception) -> int:
     print(f"error: {err}", file=sys.stderr)
@@ -133,4 +139,11 @@ def _run_export(args: argparse.Namespace) -> int:
     for name, path in paths.items():
         print(f"{path}: {report[name]}", file=sys.stderr)
     print(json.dumps({"split": args.split, **report}))
+    return 0
+
+
+def _run_summary(args: argparse.Namespace) -> int:
+    from .summary import summarize
+
+    print(summarize(args.runs)[1])
     return 0

@@ -219,12 +219,14 @@ def _finetune(cfg: FinetuneConfig, ctx: DistContext) -> dict[str, Any]:
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         state = saved["state"]
+        torch.set_rng_state(saved["rng"])  # dropout continues where it stopped
         _log(ctx, f"resumed at epoch {state['epoch']} step {state['global_step']}")
 
     def save_last() -> None:
         if ctx.is_main:
             save_model_dir(core, Path(cfg.model), last_dir, info,
                            {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state,
+                            "rng": torch.get_rng_state(),
                             "plan": state["plan"], "config": dataclasses.asdict(cfg)})
         barrier(ctx)
 
@@ -313,8 +315,7 @@ def _final_report(cfg: FinetuneConfig, ctx: DistContext, data: dict[str, list[An
         "task": cfg.task, "model": cfg.model, "labels": labels, "world_size": ctx.world_size,
         "global_batch_size": cfg.batch_size * ctx.world_size * cfg.grad_accum, "steps": state["global_step"],
         "epochs_run": state["epoch"], "best": state["best"], "history": state["history"],
-        "validation": evaluate(best, best, cfg, ctx, data["validation"], feats["validation"], labels, pad,
-                               use_token_types, eval_bs),
+        "validation": state["best"]["validation"],  # measured on these very weights when they were saved
         "train_time_s": state["train_time_s"], "eval_time_s": state["eval_time_s"],
         "peak_memory_mb": all_reduce_max(ctx, _peak_memory_mb(ctx)),
         "peak_memory_kind": "cuda max_memory_allocated" if ctx.device.type == "cuda" else "max RSS per process",
