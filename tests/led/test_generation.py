@@ -87,20 +87,23 @@ def test_cache_gives_teacher_forced_logits(pair):
     assert (torch.cat(steps, 1) - full).abs().max() <= 1e-5
 
 
-def test_checkpoint_generation_defaults_are_used(tmp_path):
+@pytest.mark.parametrize("start", [2, None], ids=["with-start-token", "start-falls-back-to-bos"])
+def test_checkpoint_generation_defaults_are_used(tmp_path, start):
     transformers = pytest.importorskip("transformers")
     hf = hf_led(seed=4)
     hf.save_pretrained(tmp_path)
     defaults = {"num_beams": 3, "no_repeat_ngram_size": 2, "max_length": 11, "length_penalty": 1.5,
-                "early_stopping": True, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
-                "decoder_start_token_id": 2}
+                "early_stopping": True, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
+    if start is not None:
+        defaults["decoder_start_token_id"] = start
     (tmp_path / "generation_config.json").write_text(json.dumps(defaults))
     hf = transformers.LEDForConditionalGeneration.from_pretrained(tmp_path).eval()
     ours = from_pretrained(tmp_path)
     ids, mask, glob = batch()
     expected = hf.generate(input_ids=ids, attention_mask=mask, global_attention_mask=glob)
-    assert ours.generate(ids, mask, glob).tolist() == expected.tolist()
-    assert expected.shape[1] <= 11
+    got = ours.generate(ids, mask, glob)
+    assert got.tolist() == expected.tolist()
+    assert expected.shape[1] <= 11 and got[0, 0] == (0 if start is None else start)
 
 
 def test_generation_errors(pair):
