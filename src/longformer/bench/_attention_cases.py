@@ -1,0 +1,232 @@
+"""Measurement subprocess of `longformer bench attention`: builds one implementation, measures it.
+
+See the docstring of `longformer.bench.attention` for what each implementation runs.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import re
+import resource
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def measure(spec: dict) -> dict:
+    if spec["impl"] == "gemm":
+        return dict(gflops=_gemm_rate(getattr(torch, spec["dtype"])))
+    torch.manual_seed(0)
+    fn, leaves, note, compile_fn = _build(spec)
+    if fn is None:
+        return dict(note=note)
+    result: dict = dict(note=note)
+    if compile_fn:  # compile before measuring memory: its one-time cost is reported apart
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            fn()
+        result["compile_s"] = time.perf_counter() - t0
+    backward_error = None
+    with torch.no_grad():
+        result["fwd_mb"] = _peak_mb(fn)
+    try:
+        result["fb_mb"] = _peak_mb(lambda: _fwd_bwd(fn, leaves))
+    except Exception as err:  # e.g. a peer without a backward on this device
+        backward_error = f"no backward: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
+    with torch.no_grad():
+        result["fwd_ms"] = _time_ms(fn, spec["repeats"])
+    if backward_error is None:
+        result["fb_ms"] = _time_ms(lambda: _fwd_bwd(fn, leaves), spec["repeats"])
+    else:
+        result["note"] = "; ".join(x for x in (note, backward_error) if x)
+    result["memory_method"] = "VmHWM" if _can_reset_hwm() else "ru_maxrss"
+    return result
+
+
+def _fwd_bwd(fn: Callable, leaves: list[torch.Tensor]) -> None:
+    out = fn()
+    out.backward(torch.ones_like(out))
+    for t in leaves:
+        t.grad = None
+
+
+def _time_ms(fn: Callable, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1))
+
+
+def _can_reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def _trim() -> None:
+    gc.collect()
+    try:  # hand freed heap pages back, so that the baseline RSS holds live memory only
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def _peak_mb(fn: Callable) -> float:
+    _trim()
+    if _can_reset_hwm():
+        base = _rss_kb("VmRSS")
+        _can_reset_hwm()
+        fn()
+        return (_rss_kb("VmHWM") - base) / 1024
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+
+
+def _gemm_rate(dtype: torch.dtype, n: int = 2048) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    ms = _time_ms(lambda: torch.mm(a, b), 5)
+    return 2 * n**3 / (ms / 1e3) / 1e9
+
+
+# ----------------------------------------------------------------------------- implementations
+
+
+def _build(spec: dict):
+    """(fn, leaves, note, compiles) for one implementation; fn None when it cannot run."""
+    B, H, T, D = spec["batch"], spec["heads"], spec["T"], spec["head_dim"]
+    w, causal, n_glob = spec["window"], spec["causal"], min(spec["globals"], spec["T"])
+    dtype = getattr(torch, spec["dtype"])
+    dilation = spec["dilation"] * H if len(spec["dilation"]) == 1 else spec["dilation"]
+    dilated = max(dilation) > 1
+    impl = spec["impl"]
+    q, k, v = (torch.randn(B, H, T, D, dtype=dtype, requires_grad=True) for _ in range(3))
+    if impl == "sdpa-dense":
+        fn = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return fn, [q, k, v], "full T x T attention", False
+    if impl == "transformers":
+        return _transformers(B, H, T, D, w, n_glob, dtype, causal, dilated)
+    if impl == "local-attention":
+        return _local_attention(q, k, v, w, causal, n_glob, dilated)
+    if impl == "flex":
+        return _flex(q, k, v, w, causal, n_glob, dilated)
+    from longformer import sliding_window_attention
+
+    glob = torch.zeros(B, T, dtype=torch.bool)
+    glob[:, :n_glob] = True
+    fn = lambda: sliding_window_attention(
+        q, k, v, w, dilation=dilation, causal=causal, global_attention_mask=glob, impl=impl
+    )
+    return fn, [q, k, v], "", False
+
+
+def _transformers(B, H, T, D, w, n_glob, dtype, causal, dilated):
+    try:
+        from transformers import LongformerConfig
+        from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
+    except ImportError:
+        return None, [], "transformers not installed", False
+    if causal or dilated:
+        return None, [], "no causal/dilated mode", False
+    if w == 0 or T % (2 * w):
+        return None, [], f"needs T a multiple of 2w={2 * w}", False
+    config = LongformerConfig(
+        hidden_size=H * D, num_attention_heads=H, attention_window=[2 * w], attention_probs_dropout_prob=0.0
+    )
+    attn = LongformerSelfAttention(config, layer_id=0).to(dtype)
+    for name in ("query", "key", "value", "query_global", "key_global", "value_global"):
+        setattr(attn, name, torch.nn.Identity())  # time the attention core only, not projections
+    x = torch.randn(B, T, H * D, dtype=dtype, requires_grad=True)
+    mask = torch.zeros(B, T, dtype=dtype)
+    mask[:, :n_glob] = 10000.0  # transformers' layer-level convention: +10000 = global, 0 = local
+    is_masked, is_glob = mask < 0, mask > 0
+    any_glob = bool(is_glob.any())
+
+    def fn():
+        # x * 1: its forward divides the (identity-projected) query in place
+        return attn(x * 1.0, attention_mask=mask, is_index_masked=is_masked, is_index_global_attn=is_glob,
+                    is_global_attn=any_glob)[0]
+
+    return fn, [x], "attention core (projections = Identity)", False
+
+
+def _local_attention(q, k, v, w, causal, n_glob, dilated):
+    try:
+        from local_attention import LocalAttention
+    except ImportError:
+        return None, [], "local-attention not installed", False
+    if dilated or w == 0:
+        return None, [], "no dilation / w=0", False
+    attn = LocalAttention(
+        window_size=w, causal=causal, look_backward=1, look_forward=0 if causal else 1,
+        exact_windowsize=True, autopad=True,
+    )
+    note = "no global tokens" if n_glob else ""
+    return (lambda: attn(q, k, v)), [q, k, v], note, False
+
+
+def _flex(q, k, v, w, causal, n_glob, dilated):
+    try:
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention
+    except ImportError:
+        return None, [], "flex_attention unavailable", False
+    if dilated:
+        return None, [], "dilation not built", False
+    T = q.shape[2]
+    block = 128
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        ok = ((q_idx - kv_idx).abs() <= w) | (q_idx < n_glob) | (kv_idx < n_glob)
+        if causal:
+            ok = ok & (kv_idx <= q_idx)
+        return ok
+
+    bm = _band_block_mask(BlockMask, T, w, n_glob, causal, block, mask_mod)
+    compiled = torch.compile(flex_attention, dynamic=False)
+
+    def fn():
+        # under no_grad, inputs without requires_grad: CPU flex refuses inputs that require grad
+        args = (q, k, v) if torch.is_grad_enabled() else (q.detach(), k.detach(), v.detach())
+        return compiled(*args, block_mask=bm)
+
+    return fn, [q, k, v], "compiled; block mask built per block", True
+
+
+def _band_block_mask(BlockMask, T, w, n_glob, causal, block, mask_mod):
+    """A BlockMask listing, per query block, the key blocks the band (+ globals) touches: O(T/block)^2
+    integers at most, never a T x T tensor. All listed blocks are partial (mask_mod decides)."""
+    nq = -(-T // block)
+    rows = []
+    for qb in range(nq):
+        q0, q1 = qb * block, min(T, (qb + 1) * block) - 1
+        if q0 < n_glob:  # a global query row sees every key block
+            kbs = set(range(nq))
+        else:
+            lo, hi = max(0, q0 - w) // block, min(T - 1, q1 + (0 if causal else w)) // block
+            kbs = set(range(lo, hi + 1)) | set(range(0, -(-n_glob // block)))
+        if causal:
+            kbs = {kb for kb in kbs if kb * block <= q1}
+        rows.append(sorted(kbs))
+    width = max(len(r) for r in rows)
+    idx = torch.zeros(1, 1, nq, width, dtype=torch.int32)
+    num = torch.zeros(1, 1, nq, dtype=torch.int32)
+    for qb, r in enumerate(rows):
+        idx[0, 0, qb, : len(r)] = torch.tensor(r, dtype=torch.int32)
+        num[0, 0, qb] = len(r)
+    return BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(T, T))

@@ -1,0 +1,233 @@
+"""`longformer bench attention`: time and peak memory of Longformer attention against its CPU peers.
+
+Every (implementation, T) pair is measured in a fresh subprocess, so that one run's allocator state,
+thread pools or compiled code cannot leak into another's numbers. In that subprocess:
+
+- peak memory is the rise of the resident set size (Linux ``VmHWM``, reset through
+  ``/proc/self/clear_refs`` right before the call, after ``malloc_trim``) over the RSS just before
+  the call: one forward under ``no_grad``, then one forward+backward (which includes the gradients
+  of the inputs). Inputs are excluded. Implementations that compile are warmed up first, and their
+  one-time compile cost is reported separately. Without ``/proc`` (not Linux) the fallback is
+  ``ru_maxrss`` of a fresh process, which then includes the imports.
+- time is the median of ``--repeats`` calls after one warm-up call; forward runs under ``no_grad``.
+
+What is timed for each implementation (q, k, v: (B, H, T, D) random, scale D^-0.5):
+
+- ``blocked`` (and any other fast ``impl`` of ``sliding_window_attention``; ``reference`` only when
+  asked with ``--impls``): the library call with ``--globals`` leading global tokens, the
+  ``--dilation`` per head and ``--causal``.
+- ``sdpa-dense``: ``torch.nn.functional.scaled_dot_product_attention`` over the full T x T: the cost of
+  plain full attention that users compare with.
+- ``transformers``: ``LongformerSelfAttention.forward`` of transformers' modeling_longformer with its six
+  projections (query/key/value and the global ones) set to ``nn.Identity``, so what runs is exactly its
+  attention core: the sliding-chunks scores, the padding mask, the global-key columns, the softmax, the
+  sliding-chunks output and the global rows recomputed over all keys. Its input is one (B, T, H*D)
+  tensor used as q, k and v (the cost does not depend on the values). Needs T a multiple of 2w; it has
+  no dilation or causal mode (skipped then).
+- ``local-attention``: lucidrains' ``LocalAttention(window_size=w, exact_windowsize=True,
+  look_backward=1, look_forward=1 (0 if causal), autopad=True)``: buckets of w, each query scores 3w
+  keys and masks them to the exact +-w window. No global tokens, no dilation.
+- ``flex``: ``torch.compile(flex_attention)`` with a ``BlockMask`` built directly from the band's block
+  structure (never a T x T tensor) and a mask_mod for band + global tokens (+ causal). Its backward
+  is measured when it runs on this device; otherwise reported as missing. No dilation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+PEERS = ("sdpa-dense", "transformers", "local-attention", "flex")
+WORKER = "from longformer.bench.attention import _worker; _worker()"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384], help="sequence lengths T")
+    parser.add_argument("--window", type=int, default=256, help="one-sided window w (default 256)")
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--globals", type=int, default=1, help="number of leading global tokens (default 1)")
+    parser.add_argument("--dilation", default="1", help="an int, or H comma-separated ints (per head)")
+    parser.add_argument("--causal", action="store_true")
+    parser.add_argument("--impls", nargs="+", default=None, help="subset of implementations (default: all available)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median)")
+    parser.add_argument("--quick", action="store_true", help="T in {512, 1024, 2048}, 1 repeat")
+    parser.add_argument("--json", metavar="FILE", help="also write all results as JSON ('-' for stdout)")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw time and memory against T (matplotlib)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per measurement subprocess")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from longformer.attention import IMPLS
+
+    if args.quick:
+        args.lengths, args.repeats = [512, 1024, 2048], 1
+    dilation = [int(x) for x in str(args.dilation).split(",")]
+    if len(dilation) not in (1, args.heads) or min(dilation) < 1:
+        raise ValueError(f"--dilation must be one int >= 1 or {args.heads} comma-separated ints, got {args.dilation!r}")
+    if min(args.lengths) < 1 or args.window < 0 or args.globals < 0 or args.repeats < 1:
+        raise ValueError("--lengths and --repeats must be >= 1, --window and --globals >= 0")
+    ours = [i for i in IMPLS if i not in ("auto", "reference")]
+    known = ours + ["reference", *PEERS]
+    impls = args.impls or ours + list(PEERS)
+    for name in impls:
+        if name not in known:
+            raise ValueError(f"--impls: unknown implementation {name!r}, expected some of {known}")
+    base = dict(
+        window=args.window, heads=args.heads, head_dim=args.head_dim, batch=args.batch, dtype=args.dtype,
+        globals=args.globals, dilation=dilation, causal=args.causal, repeats=args.repeats,
+    )
+    gemm = [_in_subprocess(dict(base, impl="gemm", T=0), args.timeout)]
+    results = []
+    jobs = [(impl, T) for T in sorted(args.lengths) for impl in impls]
+    for impl, T in tqdm(jobs, desc="bench attention", unit="run", file=sys.stderr):
+        results.append(dict(impl=impl, T=T, **_in_subprocess(dict(base, impl=impl, T=T), args.timeout)))
+    gemm.append(_in_subprocess(dict(base, impl="gemm", T=0), args.timeout))
+    report = dict(config=base, gemm_gflops=[g.get("gflops") for g in gemm], results=results)
+    text = _format(report, ours)
+    print(text)
+    if args.json:
+        payload = json.dumps(report, indent=2)
+        if args.json == "-":
+            print(payload)
+        else:
+            _write_atomic(args.json, payload)
+    if args.plot:
+        _plot(report, args.plot)
+    return 0
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _in_subprocess(spec: dict, timeout: float) -> dict:
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", WORKER, json.dumps(spec)], capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return dict(error=f"timed out after {timeout:.0f} s")
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return dict(error=f"exit {proc.returncode}: {tail[:200]}")
+    return json.loads(lines[-1])
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def _fmt(x, unit=""):
+    return "-" if x is None else f"{x:.1f}{unit}"
+
+
+def _format(report: dict, ours: list[str]) -> str:
+    cfg, results = report["config"], report["results"]
+    gemm = [g for g in report["gemm_gflops"] if g]
+    lines = [
+        f"Longformer attention: w={cfg['window']} H={cfg['heads']} D={cfg['head_dim']} B={cfg['batch']} "
+        f"{cfg['dtype']} globals={cfg['globals']} dilation={cfg['dilation']} causal={cfg['causal']} "
+        f"(median of {cfg['repeats']}; peak = RSS rise, inputs excluded)",
+        "dense GEMM rate in this run (start, end): " + ", ".join(f"{g:.0f} GFLOP/s" for g in gemm),
+    ]
+    by = {(r["impl"], r["T"]): r for r in results}
+    lengths = sorted({r["T"] for r in results})
+    impls = list(dict.fromkeys(r["impl"] for r in results))
+    head = f"{'T':>6} {'impl':<16} {'fwd ms':>9} {'f+b ms':>9} {'fwd MB':>8} {'f+b MB':>8} {'compile s':>9}  notes"
+    lines += ["", head, "-" * len(head)]
+    for T in lengths:
+        for impl in impls:
+            r = by.get((impl, T), {})
+            note = r.get("error") or r.get("note") or ""
+            lines.append(
+                f"{T:>6} {impl:<16} {_fmt(r.get('fwd_ms')):>9} {_fmt(r.get('fb_ms')):>9} "
+                f"{_fmt(r.get('fwd_mb')):>8} {_fmt(r.get('fb_mb')):>8} {_fmt(r.get('compile_s')):>9}  {note}"
+            )
+    flop_per_T = 4 * (2 * cfg["window"] + 1) * cfg["heads"] * cfg["head_dim"] * cfg["batch"]
+    for mine in [i for i in impls if i in ours]:
+        lines += ["", f"{mine}: speed-up over each peer (peer time / {mine} time), fwd | fwd+bwd"]
+        for T in lengths:
+            m = by.get((mine, T), {})
+            parts = []
+            for peer in impls:
+                p = by.get((peer, T), {})
+                if peer == mine or not p:
+                    continue
+                f = _ratio(p.get("fwd_ms"), m.get("fwd_ms"))
+                fb = _ratio(p.get("fb_ms"), m.get("fb_ms"))
+                parts.append(f"{peer} {f} | {fb}")
+            lines.append(f"  T={T}: " + "; ".join(parts))
+        for T in lengths:
+            t = by.get((mine, T), {}).get("fwd_ms")
+            if t:
+                rate = flop_per_T * T / (t / 1e3) / 1e9
+                share = f", {100 * rate / max(gemm):.0f}% of the GEMM rate" if gemm else ""
+                lines.append(f"  T={T}: useful forward rate {rate:.1f} GFLOP/s (4*T*(2w+1)*H*D*B){share}")
+    lines += ["", "growth (time and memory at the largest T / at T/4), fwd+bwd:"]
+    big = lengths[-1]
+    if big // 4 in lengths:
+        for impl in impls:
+            a, b = by.get((impl, big), {}), by.get((impl, big // 4), {})
+            lines.append(
+                f"  {impl:<16} time x{_ratio(a.get('fb_ms') or a.get('fwd_ms'), b.get('fb_ms') or b.get('fwd_ms'))}  "
+                f"memory x{_ratio(a.get('fb_mb') or a.get('fwd_mb'), b.get('fb_mb') or b.get('fwd_mb'))}  (T={big} / T={big // 4})"
+            )
+    else:
+        lines.append(f"  (needs T={big // 4} among --lengths)")
+    return "\n".join(lines)
+
+
+def _ratio(a, b) -> str:
+    return "-" if not a or not b else f"{a / b:.2f}"
+
+
+def _plot(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    impls = list(dict.fromkeys(r["impl"] for r in report["results"]))
+    for impl in impls:
+        rows = sorted((r for r in report["results"] if r["impl"] == impl), key=lambda r: r["T"])
+        for key, ax, style in (("fb_ms", ax_t, "-o"), ("fwd_ms", ax_t, ":x"), ("fb_mb", ax_m, "-o"), ("fwd_mb", ax_m, ":x")):
+            pts = [(r["T"], r[key]) for r in rows if r.get(key)]
+            if pts:
+                suffix = " fwd+bwd" if key.startswith("fb") else " fwd"
+                ax.plot(*zip(*pts), style, label=impl + suffix)
+    cfg = report["config"]
+    for ax, label in ((ax_t, "time (ms)"), (ax_m, "peak memory (MB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length T")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_m.legend(fontsize=7)
+    fig.suptitle(f"Longformer attention, w={cfg['window']}, H={cfg['heads']}, D={cfg['head_dim']}, {cfg['dtype']}")
+    fig.tight_layout()
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- the subprocess
+
+
+def _worker() -> None:
+    from longformer.bench import _attention_cases as cases
+
+    spec = json.loads(sys.argv[1])
+    print(json.dumps(cases.measure(spec)))

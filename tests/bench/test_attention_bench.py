@@ -1,0 +1,58 @@
+"""Smoke test of `longformer bench attention` at tiny sizes: it runs, reports and writes JSON/plot."""
+import json
+
+import pytest
+
+from longformer.bench import attention as bench
+from longformer.bench import _attention_cases as cases
+
+
+def test_bench_attention_tiny(tmp_path, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+    args = parser.parse_args(
+        ["--lengths", "64", "256", "--window", "16", "--heads", "2", "--head-dim", "8", "--repeats", "1",
+         "--impls", "blocked", "--json", str(out_json), "--plot", str(out_png)]
+    )
+    assert bench.run(args) == 0
+    text = capsys.readouterr().out
+    assert "useful forward rate" in text and "T=256 / T=64" in text
+    report = json.loads(out_json.read_text())
+    rows = {(r["impl"], r["T"]): r for r in report["results"]}
+    assert set(rows) == {("blocked", 64), ("blocked", 256)}
+    for r in rows.values():
+        assert "error" not in r, r
+        assert r["fwd_ms"] > 0 and r["fb_ms"] > 0 and r["fb_mb"] >= 0
+    assert out_png.stat().st_size > 0
+
+
+def test_bench_rejects_bad_arguments():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    with pytest.raises(ValueError, match="--impls"):
+        bench.run(parser.parse_args(["--impls", "nope", "--lengths", "8"]))
+    with pytest.raises(ValueError, match="--dilation"):
+        bench.run(parser.parse_args(["--dilation", "1,2", "--lengths", "8"]))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_flex_block_mask_matches_the_pattern(causal):
+    """The directly built BlockMask lists every key block that holds an allowed pair."""
+    import torch
+
+    flex = pytest.importorskip("torch.nn.attention.flex_attention")
+    T, w, g, block = 300, 20, 2, 128
+    allowed = lambda i, j: (abs(i - j) <= w or i < g or j < g) and (not causal or j <= i)
+    bm = cases._band_block_mask(flex.BlockMask, T, w, g, causal, block, None)
+    num, idx = bm.kv_num_blocks[0, 0], bm.kv_indices[0, 0]
+    for qb in range(num.numel()):
+        listed = set(idx[qb, : num[qb]].tolist())
+        for kb in range(num.numel()):
+            needed = any(allowed(i, j) for i in range(qb * block, min(T, (qb + 1) * block))
+                         for j in range(kb * block, min(T, (kb + 1) * block)))
+            assert not needed or kb in listed, (qb, kb)
