@@ -76,3 +76,13 @@ def test_token_rows(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "t.jsonl", [{"tokens": ["a", "b"], "tags": ["O"]}])
     with pytest.raises(DataError, match="2 tokens but 1 tags"):
         load_token_classification(tmp_path / "t.jsonl")
+
+
+def test_commands_are_registered_in_the_main_cli() -> None:
+    from longformer.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["finetune", "--task", "qa", "--model", "m", "--train", "t", "--validation", "v",
+                              "--out", "o", "--doc-stride", "64", "--bf16"])
+    assert args.task == "qa" and args.doc_stride == 64 and args.bf16 and args.lr == 3e-5 and callable(args.func)
+    assert callable(parser.parse_args(["predict", "--model", "m", "--input", "i", "--output", "o"]).func)

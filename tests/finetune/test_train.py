@@ -106,3 +106,18 @@ def test_bad_inputs_say_what_to_do(tiny_model_dir: Path, tmp_path: Path, capsys:
     assert "does not exist" in capsys.readouterr().err
     assert main(_args(tiny_model_dir, train, dev, tmp_path / "o5", "--max-length", "4096")) == 2
     assert "exceeds what" in capsys.readouterr().err
+
+
+def test_token_classification_predicts_a_tag_per_word(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from test_ddp import token_rows
+
+    data = write_jsonl(tmp_path / "t.jsonl", token_rows(8))
+    out = tmp_path / "out"
+    assert main(["finetune", "--task", "token-classification", "--model", str(tiny_model_dir), "--train", str(data),
+                 "--validation", str(data), "--out", str(out), "--max-steps", "2", "--no-progress"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert {"accuracy", "token_macro_f1", "entity_f1"} <= set(m["validation"])
+    assert main(["predict", "--model", str(out / "best"), "--input", str(data), "--output", str(tmp_path / "p.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [len(r["tags"]) for r in rows] == [len(r["tokens"]) for r in token_rows(8)]
+    assert json.loads((tmp_path / "p.jsonl.metrics.json").read_text()) == m["validation"]

@@ -13,7 +13,7 @@ import torch
 from .data import load_examples
 from .distributed import DistContext, all_gather_objects
 from .features import bucketed_batches, collate, load_tokenizer, pad_id
-from .tasks import build_features, decode, model_class, outputs_to_numpy, read_finetune_info, score
+from .tasks import build_features, check_labels, decode, model_class, outputs_to_numpy, read_finetune_info, score
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -103,6 +103,7 @@ def predict_file(model_dir: str | Path, input_path: str | Path, output_path: str
     )
     if not has_gold:
         return None
+    check_labels(task, labels, examples, str(input_path))  # after writing: predictions are still useful
     metrics = score(task, examples, preds, labels)
     _atomic_write_text(output_path.with_name(output_path.name + ".metrics.json"), json.dumps(metrics, indent=2))
     return metrics
