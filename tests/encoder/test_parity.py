@@ -113,3 +113,20 @@ def test_save_pretrained_loads_in_transformers(tmp_path, name, cls):
     for field in ("last_hidden_state", "pooler_output", "logits", "start_logits", "end_logits"):
         if hasattr(got, field):
             assert max_diff(getattr(got, field), getattr(want, field)) <= TOL, field
+
+
+def test_untied_lm_head_both_directions(tmp_path):
+    """tie_word_embeddings=False: transformers unties decoder weight AND bias (lm_head.bias goes unused)."""
+    import transformers
+
+    hf = make_hf("LongformerForMaskedLM", hf_config((4, 8), tie_word_embeddings=False))
+    hf.save_pretrained(tmp_path / "hf")
+    ours = LongformerForMaskedLM.from_pretrained(tmp_path / "hf")
+    assert ours.lm_head.decoder.weight is not ours.longformer.embeddings.word_embeddings.weight
+    ids, mask, glob = awkward_batch(19)
+    with torch.no_grad():
+        want = hf(ids, attention_mask=mask, global_attention_mask=glob).logits
+        assert max_diff(ours(ids, attention_mask=mask, global_attention_mask=glob).logits, want) <= TOL
+        ours.save_pretrained(tmp_path / "ours")
+        back = transformers.LongformerForMaskedLM.from_pretrained(tmp_path / "ours").eval()
+        assert max_diff(back(ids, attention_mask=mask, global_attention_mask=glob).logits, want) <= TOL

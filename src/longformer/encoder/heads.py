@@ -64,7 +64,6 @@ class LongformerLMHead(nn.Module):
         self.layer_norm = nn.LayerNorm(hidden_size, eps=eps)
         self.decoder = nn.Linear(hidden_size, vocab_size)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
-        self.decoder.bias = self.bias  # one parameter under two names, as in transformers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.layer_norm(F.gelu(self.dense(x))))  # (B, T, V)
@@ -82,8 +81,9 @@ class LongformerForMaskedLM(nn.Module):
         self.longformer = LongformerModel(config, add_pooling_layer=False, impl=impl)
         self.lm_head = LongformerLMHead(config.hidden_size, config.vocab_size, config.layer_norm_eps)
         init_weights(self.lm_head, config.initializer_range)
-        if config.tie_word_embeddings:
+        if config.tie_word_embeddings:  # one parameter under two names each, as in transformers
             self.lm_head.decoder.weight = self.longformer.embeddings.word_embeddings.weight
+            self.lm_head.decoder.bias = self.lm_head.bias
 
     def forward(self, input_ids=None, attention_mask=None, global_attention_mask=None, token_type_ids=None,
                 position_ids=None, labels=None, inputs_embeds=None, output_hidden_states=False) -> MaskedLMOutput:

@@ -28,9 +28,10 @@ IGNORED_SUFFIXES = ("embeddings.position_ids",)
 ENCODER_PARTS = ("embeddings.", "encoder.", "pooler.")
 # Keys of the heads of other task models: dropped with a warning when the target model has no such head.
 HEAD_PREFIXES = ("lm_head.", "classifier.", "qa_outputs.", "longformer.pooler.")
-# Parameters that are another parameter under a second name (never stored twice).
-ALIASES = {"lm_head.decoder.bias": "lm_head.bias"}
-TIED_DECODER = "lm_head.decoder.weight"
+# With tie_word_embeddings (the default), the MLM decoder's weight IS the word embedding matrix and its
+# bias IS lm_head.bias (transformers ties both): these names are never stored twice. Untied, all are own
+# parameters and the decoder uses lm_head.decoder.bias (lm_head.bias is then unused, as there).
+TIED = ("lm_head.decoder.weight", "lm_head.decoder.bias")
 MAX_LISTED = 25
 
 
@@ -75,12 +76,16 @@ def canonical_key(key: str) -> str | None:
     return key
 
 
+def _tied(model: nn.Module) -> bool:
+    return hasattr(model, "lm_head") and model.config.tie_word_embeddings
+
+
 def _model_keys(model: nn.Module) -> dict[str, torch.Size]:
-    """The model's own parameters and buffers in task-model form, aliases and tied weights left out."""
+    """The model's own parameters and buffers in task-model form, tied names left out."""
     bare = not hasattr(model, "longformer")
     keys = {}
     for name, t in model.state_dict().items():
-        if name in ALIASES or (name == TIED_DECODER and getattr(model.config, "tie_word_embeddings", True)):
+        if name in TIED and _tied(model):
             continue
         keys[("longformer." + name) if bare else name] = t.shape
     return keys
@@ -105,8 +110,7 @@ def load_pretrained(cls: type, path: str | os.PathLike, *, impl: str = "auto", d
         if new is not None:
             state[new] = tensor
     if "lm_head.bias" not in state and "lm_head.decoder.bias" in state:
-        state["lm_head.bias"] = state.pop("lm_head.decoder.bias")
-    state.pop("lm_head.decoder.bias", None)
+        state["lm_head.bias"] = state["lm_head.decoder.bias"]  # older files stored only the decoder's name
 
     bare = cls.__name__ == "LongformerModel"
     if bare:
@@ -116,8 +120,9 @@ def load_pretrained(cls: type, path: str | os.PathLike, *, impl: str = "auto", d
     else:
         model = cls(config, impl=impl)
     expected = _model_keys(model)
-    if TIED_DECODER not in expected:
-        state.pop(TIED_DECODER, None)  # tied to the word embeddings (or no LM head): nothing to load
+    for name in TIED:
+        if name not in expected:
+            state.pop(name, None)  # tied (or no LM head): the same tensor is loaded under its main name
 
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -151,7 +156,7 @@ def load_pretrained(cls: type, path: str | os.PathLike, *, impl: str = "auto", d
     result = model.load_state_dict(own, strict=False)
     # strict=False only because aliases/tied weights and a new head are absent by design; re-check.
     left = [k for k in result.missing_keys
-            if k not in ALIASES and k != TIED_DECODER and ("longformer." + k if bare else k) not in new_head]
+            if not (k in TIED and _tied(model)) and ("longformer." + k if bare else k) not in new_head]
     if left or result.unexpected_keys:
         raise RuntimeError(f"internal key mapping error: missing {left}, unexpected {result.unexpected_keys}")
     if dtype is not None:
@@ -170,10 +175,9 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
         warnings.warn(
             "this model uses attention_dilation or bert-style positions, which transformers' Longformer does not "
             "implement: transformers will load the weights but compute a different function", stacklevel=2)
-    tied = getattr(config, "tie_word_embeddings", True)
     tensors = {}
     for name, t in model.state_dict().items():
-        if name in ALIASES or (name == TIED_DECODER and tied):
+        if name in TIED and _tied(model):
             continue  # stored once under its main name; loaders re-tie it
         tensors[name] = t.detach().to("cpu").contiguous()
     hf = config.to_hf_dict()
