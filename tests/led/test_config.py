@@ -35,7 +35,7 @@ def test_int_window_broadcast_and_dilation_written_only_when_used():
         (dict(attention_window=-1), ">= 0"),
         (dict(attention_dilation=0), ">= 1"),
         (dict(d_model=10, encoder_attention_heads=3), "multiple"),
-        (dict(activation_function="mish"), "activation_function"),
+        (dict(activation_function="bogus"), "activation_function"),
         (dict(pad_token_id=10**6), "pad_token_id"),
     ],
 )

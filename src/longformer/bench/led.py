@@ -86,7 +86,7 @@ def _print_table(results: list[dict[str, Any]], lengths: list[int], args: argpar
     by = {(r["impl"], r["T"]): r for r in results}
     print(f"\nLED encoder forward, {args.layers} layers x {args.hidden}, w={args.window}, {args.dtype}, batch 1, "
           f"first token global, threads={args.threads or 'default'}")
-    print(f"{'T':>6} | {'ours s':>8} {'ours GB':>8} | {'hf s':>8} {'hf GB':>8} | {'speed-up':>8} {'mem ratio':>9}")
+    print(f"{'T':>6} | {'ours s':>8} {'ours GiB':>8} | {'hf s':>8} {'hf GiB':>8} | {'speed-up':>8} {'mem ratio':>9}")
     for T in lengths:
         o, h = by.get(("ours", T), {}), by.get(("transformers", T), {})
 
@@ -101,7 +101,7 @@ def _print_table(results: list[dict[str, Any]], lengths: list[int], args: argpar
               f"{cell(h, 'seconds', '8.2f'):>8} {cell(h, 'peak_gb', '8.2f'):>8} | {speed:>8} {mem:>9}")
     base = [r["baseline_gb"] for r in results if "baseline_gb" in r]
     if base:
-        print(f"(peak GB = the process's peak RSS; process + weights before the pass: ~{min(base):.2f} GB)")
+        print(f"(GiB = the process's peak RSS; before the pass (weights mapped, not yet all read): ~{min(base):.2f} GiB)")
     for r in results:
         if "error" in r:
             print(f"{r['impl']} at T={r['T']}: {r['error']}")

@@ -193,10 +193,11 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     was_training = model.training
     model.eval()
     try:
-        enc = model.led.encode(input_ids, attention_mask, global_attention_mask)
-        if s.num_beams > 1:
-            return _beam_search(model, enc, s)
-        return _greedy_or_sample(model, enc, s)
+        with torch.no_grad():
+            enc = model.led.encode(input_ids, attention_mask, global_attention_mask)
+            if s.num_beams > 1:
+                return _beam_search(model, enc, s)
+            return _greedy_or_sample(model, enc, s)
     finally:
         model.train(was_training)
 
