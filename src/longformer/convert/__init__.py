@@ -82,7 +82,7 @@ def _int_list(text: str) -> int | list[int]:
 def _run(args: argparse.Namespace) -> int:
     from .core import make_long
 
-    attention_window = args.attention_window if args.window is None and args.attention_window is not None else 512
+    attention_window = 512 if args.attention_window is None else args.attention_window  # unused if --window
     try:
         record = make_long(
             args.src,

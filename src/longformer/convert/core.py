@@ -90,6 +90,7 @@ def make_long(
     try:
         _chmod_like_umask(tmp, 0o777)  # mkdtemp makes 0700; the published dir should be ordinary
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        del state  # the check below builds the model; do not hold two copies of the weights
         _chmod_like_umask(tmp / "model.safetensors", 0o666)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         record = ConversionRecord(
@@ -104,11 +105,25 @@ def make_long(
             tokenizer_files=copy_tokenizer_files(src, tmp, max_length),
         )
         (tmp / RECORD_FILE).write_text(json.dumps(asdict(record), indent=2) + "\n")
+        _check_loads(tmp, has_lm_head)
         _publish(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return record
+
+
+def _check_loads(path: Path, has_lm_head: bool) -> None:
+    """Load the written dir with our model class before publishing it: every key must be present,
+    expected and of the right shape (the loader lists any that are not), so a converted dir never
+    loads with silently initialised weights."""
+    from ..encoder import LongformerForMaskedLM, LongformerModel
+
+    cls = LongformerForMaskedLM if has_lm_head else LongformerModel
+    try:
+        cls.from_pretrained(path)
+    except ValueError as err:
+        raise ConversionError(f"the converted checkpoint does not load as {cls.__name__}: {err}") from None
 
 
 def _one_sided_windows(

@@ -121,7 +121,10 @@ def longformer_config(
     source = dict(source)
     if sep_id is not None:  # BERT configs do not name [SEP]; the QA head needs it
         source["sep_token_id"] = sep_id
-    config = LongformerConfig.from_source_config(source, max_length=max_length, window=windows)
+    try:
+        config = LongformerConfig.from_source_config(source, max_length=max_length, window=windows)
+    except ValueError as err:
+        raise ConversionError(f"cannot make a Longformer config from the source config.json: {err}") from None
     config.architectures = ["LongformerForMaskedLM" if has_lm_head else "LongformerModel"]
     return config.to_hf_dict()
 

@@ -39,6 +39,8 @@ DROPPED: dict[str, str] = {
     r"^cls\.seq_relationship\.": "BERT's next-sentence head; Longformer has none",
 }
 
+# TF-era BERT checkpoints name LayerNorm parameters gamma/beta.
+LEGACY_SUFFIXES: dict[str, str] = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
 POSITION_KEY = "longformer.embeddings.position_embeddings.weight"
 _LAYER_QKV = re.compile(r"^(longformer\.encoder\.layer\.\d+\.attention\.self\.)(query|key|value)\.(weight|bias)$")
 
@@ -138,6 +140,13 @@ def add_global_projections(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
+def _modern_suffix(name: str) -> str:
+    for old, new in LEGACY_SUFFIXES.items():
+        if name.endswith(old):
+            return name[: -len(old)] + new
+    return name.replace("layer_norm.gamma", "layer_norm.weight").replace("layer_norm.beta", "layer_norm.bias")
+
+
 def convert_state_dict(
     state: dict[str, torch.Tensor],
     source_type: str,
@@ -155,6 +164,7 @@ def convert_state_dict(
             dropped[name] = "no Longformer counterpart (dropped by request)"
             del state[name]
     state = rename_keys(state, table)
+    state = {_modern_suffix(k): v for k, v in state.items()}
     if POSITION_KEY not in state:
         raise ConversionError(f"checkpoint has no position table ({POSITION_KEY} after renaming)")
     state[POSITION_KEY] = extend_positions(state[POSITION_KEY], position_offset, max_length)
