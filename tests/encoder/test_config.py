@@ -91,3 +91,14 @@ def test_from_source_config_for_roberta_and_bert():
     assert c.attention_window == [64, 32] and c.attention_dilation == [1, 2] and c.pad_token_id == 0
     with pytest.raises(ValueError, match="unsupported source model_type 'gpt2'"):
         LongformerConfig.from_source_config({"model_type": "gpt2"}, max_length=10, window=2)
+
+
+def test_activation_names_compute_what_transformers_computes():
+    import torch
+
+    act2fn = pytest.importorskip("transformers.activations").ACT2FN
+    from longformer.encoder.activations import ACTIVATIONS
+
+    x = torch.linspace(-8, 8, 1001)
+    for name, fn in ACTIVATIONS.items():
+        torch.testing.assert_close(fn(x), act2fn[name](x), rtol=1e-6, atol=1e-6, msg=name)

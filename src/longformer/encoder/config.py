@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .activations import ACTIVATIONS
+
 POSITION_STYLES = ("roberta", "bert")
-ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
 # Source model types `from_source_config` knows how to make long (roberta-style position offsets or not).
 SOURCE_MODEL_TYPES = {"roberta": "roberta", "xlm-roberta": "roberta", "camembert": "roberta", "bert": "bert"}
 
@@ -66,7 +67,7 @@ class LongformerConfig:
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads})"
             )
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act must be one of {ACTIVATIONS}, got {self.hidden_act!r}")
+            raise ValueError(f"hidden_act must be one of {sorted(ACTIVATIONS)}, got {self.hidden_act!r}")
         if self.position_embedding_style not in POSITION_STYLES:
             raise ValueError(
                 f"position_embedding_style must be one of {POSITION_STYLES}, got {self.position_embedding_style!r}"

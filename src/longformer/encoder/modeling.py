@@ -10,31 +10,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .activations import activation
 from .attention import LongformerSelfAttention
 from .config import LongformerConfig
 from .inputs import prepare_inputs
 from .outputs import LongformerOutput
-
-
-def activation(name: str):
-    """transformers' ACT2FN names -> functions ("gelu" is the exact erf form, as there)."""
-    table = {
-        "gelu": F.gelu,
-        "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-        "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-        "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
-        "relu": F.relu,
-        "silu": F.silu,
-        "swish": F.silu,
-        "tanh": torch.tanh,
-    }
-    if name not in table:
-        raise ValueError(f"unsupported activation {name!r}; expected one of {sorted(table)}")
-    return table[name]
 
 
 class LongformerEmbeddings(nn.Module):
