@@ -98,7 +98,7 @@ class LongformerSelfAttention(nn.Module):
                                                                                         global_mask, impl), context)
         elif global_mask is not None and bool(global_mask.any()):
             context = self._overwrite_global_rows(context, hidden, attention_mask, global_mask)
-        else:
+        elif torch.is_grad_enabled():
             # No global token: the global projections are unused. Touch them with a zero so every
             # parameter gets a (zero) gradient and DDP does not fail on "unused parameters".
             context = context + 0.0 * sum(
