@@ -130,3 +130,42 @@ def test_untied_lm_head_both_directions(tmp_path):
         ours.save_pretrained(tmp_path / "ours")
         back = transformers.LongformerForMaskedLM.from_pretrained(tmp_path / "ours").eval()
         assert max_diff(back(ids, attention_mask=mask, global_attention_mask=glob).logits, want) <= TOL
+
+
+def test_pytorch_model_bin_of_a_transformers_state_dict(tmp_path):
+    """The allenai/longformer-base-4096 layout: config.json + pytorch_model.bin of the full state dict
+    (tied names included), MLM labels with -100."""
+    hf = make_hf("LongformerForMaskedLM", hf_config((4, 8)))
+    hf.config.save_pretrained(tmp_path)
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    ours = LongformerForMaskedLM.from_pretrained(tmp_path)
+    ids, mask, glob = awkward_batch(17)
+    labels = ids.clone()
+    labels[:, ::2] = -100
+    with torch.no_grad():
+        want = hf(ids, attention_mask=mask, global_attention_mask=glob, labels=labels)
+        got = ours(ids, attention_mask=mask, global_attention_mask=glob, labels=labels)
+    assert max_diff(got.logits, want.logits) <= TOL
+    assert abs(got.loss.item() - want.loss.item()) <= TOL
+
+
+@pytest.mark.parametrize("name", ["LongformerForTokenClassification", "LongformerForMultipleChoice"])
+def test_token_classification_and_multiple_choice_match_transformers(tmp_path, name):
+    import longformer.encoder as ours_module
+
+    hf = make_hf(name, hf_config((4, 8), num_labels=5))
+    hf.save_pretrained(tmp_path)
+    ours = getattr(ours_module, name).from_pretrained(tmp_path)
+    ids, mask, glob = (t[:2] for t in awkward_batch(18))
+    if name == "LongformerForMultipleChoice":  # (B, choices, T), three separators per choice
+        ids = torch.stack([ids, ids.flip(1)], dim=1)
+        ids[..., [4, 5, 17]] = SEP
+        mask, glob = torch.ones_like(ids), None  # default global attention: the choice tokens
+        labels = torch.tensor([1, 0])
+    else:
+        labels = torch.randint(0, 5, ids.shape)
+    with torch.no_grad():
+        want = hf(ids, attention_mask=mask, global_attention_mask=glob, labels=labels)
+        got = ours(ids, attention_mask=mask, global_attention_mask=glob, labels=labels)
+    assert max_diff(got.logits, want.logits) <= TOL
+    assert abs(got.loss.item() - want.loss.item()) <= TOL
