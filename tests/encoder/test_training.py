@@ -2,6 +2,7 @@
 gradient checkpointing, bf16 inference, torch.compile, DDP."""
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 
@@ -104,7 +105,8 @@ def _ddp_worker(rank: int, world: int, port: int, result_dir: str) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A timeout turns a would-be hang (a rank waiting on gradients the other never reduces) into an error.
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = DistributedDataParallel(LongformerForSequenceClassification(tiny_config()).train())
