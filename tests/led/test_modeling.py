@@ -112,3 +112,17 @@ def test_bad_input_errors():
         ours(ids, mask, glob, torch.full((3, 49), 5))
     with pytest.raises(TypeError, match="integer token ids"):
         ours(ids.float(), mask, glob, dec)
+
+
+def test_gradients_match_transformers():
+    hf = hf_led(attention_window=[4, 8])
+    ours = ours_from(hf)
+    ids, mask, glob = batch()
+    labels = torch.randint(3, 71, (3, 5), generator=torch.Generator().manual_seed(7))
+    hf(input_ids=ids, attention_mask=mask, global_attention_mask=glob, labels=labels).loss.backward()
+    ours(ids, mask, glob, labels=labels).loss.backward()
+    hf_params = dict(hf.named_parameters())
+    for name, p in ours.named_parameters():
+        ref = hf_params[name].grad
+        assert p.grad is not None and ref is not None, name
+        assert (p.grad - ref).abs().max() <= 1e-4 * max(1.0, float(ref.abs().max())), name

@@ -50,6 +50,7 @@ USER_KEYS = {f.name for f in dataclasses.fields(GenerationSettings)} | {"max_new
 def resolve_settings(model, max_decoder_positions: int, **user: Any) -> GenerationSettings:
     """Merge settings: arguments (not None) > model.generation_defaults (generation_config.json, else the
     generation keys of config.json) > the model config's token ids > transformers' global defaults."""
+    user.pop("use_cache", None)  # accepted for transformers-style calls: the decoder always uses its cache
     unknown = set(user) - USER_KEYS
     if unknown:
         raise TypeError(f"unknown generation settings {sorted(unknown)}; known: {sorted(USER_KEYS)}")
