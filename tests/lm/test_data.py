@@ -101,3 +101,12 @@ def test_canonical_archives_and_resolve(tmp_path: Path):
         resolve_data(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="dataset name must be"):
         fetch_archive("wikitext", tmp_path)
+
+
+def test_dataset_name_uses_the_cache_without_network(tmp_path: Path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with open(cache / "text8", "wb") as f:  # a sparse file of the canonical size: no disk, no download
+        f.truncate(ARCHIVES["text8"].size)
+    path, vocab = resolve_data("text8", cache)
+    assert path == cache / "text8" and vocab == "text8"

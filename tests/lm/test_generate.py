@@ -4,7 +4,7 @@ import pytest
 import torch
 from lm_helpers import micro_config
 
-from longformer.lm.generate import generate, new_caches, step
+from longformer.lm.generate import generate, new_caches, prefill, step
 from longformer.lm.model import LongformerLM
 
 
@@ -69,3 +69,18 @@ def test_generate_rejects_bad_arguments():
         generate(model, torch.zeros(1, 2, dtype=torch.long), 3, top_k=0)
     with pytest.raises(ValueError, match="temperature must be"):
         generate(model, torch.zeros(1, 2, dtype=torch.long), 3, temperature=-1)
+
+
+@pytest.mark.parametrize("T0", [1, 5, 30])
+def test_prefill_fills_the_same_cache_as_stepping(T0):
+    torch.manual_seed(0)
+    model = LongformerLM(micro_config(windows=(3, 5), dilations=((1, 1), (1, 2)))).eval()
+    x = torch.randint(0, 256, (2, T0 + 8))
+    a, b = new_caches(model, 2, 100), new_caches(model, 2, 100)
+    with torch.no_grad():
+        logits_a = prefill(model, a, x[:, :T0])
+        for t in range(T0):
+            logits_b = step(model, b, x[:, t], t)
+    torch.testing.assert_close(logits_a, logits_b, rtol=1e-4, atol=1e-4)
+    for t in range(T0, T0 + 8):  # and decoding goes on identically from either cache
+        torch.testing.assert_close(step(model, a, x[:, t], t), step(model, b, x[:, t], t), rtol=1e-4, atol=1e-4)

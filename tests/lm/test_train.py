@@ -140,3 +140,18 @@ def test_bf16_autocast_and_checkpointing_train(text_file: Path, tmp_path: Path):
     preset.model.grad_checkpointing = True
     row = train(preset, _opts(text_file, tmp_path / "bf16"))
     assert 0 < float(row["train_bpc"]) < 9 and float(row["val_bpc"]) < 9
+
+
+def test_text8_vocab_end_to_end(tmp_path: Path):
+    from lm_helpers import synthetic_text
+
+    from longformer.lm.data import decode
+    from longformer.lm.generate import generate
+
+    path = tmp_path / "text8"
+    path.write_text(synthetic_text(20_000).lower().replace(".", ""))
+    train(micro_preset(steps=2), RunOptions(data=path, out=tmp_path / "run", vocab="text8", progress=False))
+    model, state = load_model(tmp_path / "run")
+    assert state["vocab"] == "text8" and model.config.vocab_size == 27
+    out = generate(model, torch.tensor([[1, 0]]), 10, generator=torch.Generator().manual_seed(0))
+    assert set(decode(out[0].tolist(), "text8")) <= set(" abcdefghijklmnopqrstuvwxyz")

@@ -54,6 +54,24 @@ def step(model: LongformerLM, caches: list[LayerCache], token: torch.Tensor, t: 
     return model.head(model.ln_f(x))[:, 0]
 
 
+@torch.no_grad()
+def prefill(model: LongformerLM, caches: list[LayerCache], prompt: torch.Tensor) -> torch.Tensor:
+    """Run the prompt (B, T0) through the model in one parallel pass (the attention core, as in
+    training), leaving each layer's last ``size`` keys/values in its ring buffer. Returns the logits
+    (B, V) for position T0."""
+    c = model.config
+    T0 = prompt.shape[1]
+    cos, sin = rotary_tables(torch.arange(T0, device=prompt.device), c.d_model // c.n_head, c.rope_base)
+    x = model.embed(prompt)  # (B, T0, C)
+    for block, cache in zip(model.blocks, caches):
+        _, k, v = block.attn.project(block.ln1(x), cos, sin)  # (B, H, T0, D)
+        kept = torch.arange(max(0, T0 - cache.size), T0, device=prompt.device)  # positions this layer still needs
+        cache.k[:, :, kept % cache.size] = k[:, :, kept]
+        cache.v[:, :, kept % cache.size] = v[:, :, kept]
+        x = block(x, cos, sin)
+    return model.head(model.ln_f(x[:, -1]))
+
+
 def new_caches(model: LongformerLM, batch: int, max_len: int) -> list[LayerCache]:
     p = next(model.parameters())
     c = model.config
@@ -80,9 +98,7 @@ def generate(model: LongformerLM, prompt: torch.Tensor, max_new_tokens: int, *, 
     B, T0 = prompt.shape
     caches = new_caches(model, B, T0 + max_new_tokens)
     out = [prompt]
-    logits = None
-    for t in range(T0):  # prefill one position at a time: same code path as generation
-        logits = step(model, caches, prompt[:, t], t)
+    logits = prefill(model, caches, prompt)
     for i in range(max_new_tokens):
         if temperature == 0:
             nxt = logits.argmax(dim=-1)
