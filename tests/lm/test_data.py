@@ -110,3 +110,10 @@ def test_dataset_name_uses_the_cache_without_network(tmp_path: Path):
         f.truncate(ARCHIVES["text8"].size)
     path, vocab = resolve_data("text8", cache)
     assert path == cache / "text8" and vocab == "text8"
+
+
+def test_failed_download_says_what_to_do(tmp_path: Path):
+    archive = Archive((tmp_path / "absent.zip").as_uri(), "enwik8", 10, "0" * 40, "bytes")
+    with pytest.raises(OSError, match="could not download .* --data PATH"):
+        fetch_archive("enwik8", tmp_path / "cache", archive)
+    assert not any((tmp_path / "cache").iterdir())

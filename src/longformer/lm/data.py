@@ -79,8 +79,12 @@ def fetch_archive(name: str, cache_dir: Path | None = None, archive: Archive | N
         fd, tmp = tempfile.mkstemp(dir=cache, suffix=".part")
         os.close(fd)
         try:
-            with urllib.request.urlopen(archive.url) as response, open(tmp, "wb") as out:  # noqa: S310
-                shutil.copyfileobj(response, out, 1 << 20)
+            try:
+                with urllib.request.urlopen(archive.url) as response, open(tmp, "wb") as out:  # noqa: S310
+                    shutil.copyfileobj(response, out, 1 << 20)
+            except OSError as err:  # URLError and HTTPError are OSErrors
+                raise OSError(f"could not download {archive.url} ({err}); download and unzip it yourself and "
+                              f"pass the file as --data PATH") from err
             if archive.zip_sha256 is not None and (got := file_digest(Path(tmp), "sha256")) != archive.zip_sha256:
                 raise ValueError(f"checksum mismatch for {archive.url}: sha256 {got}, expected {archive.zip_sha256}")
             os.replace(tmp, zip_path)

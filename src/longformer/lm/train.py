@@ -222,7 +222,7 @@ def train(preset: Preset, opts: RunOptions) -> dict:
             if step % cfg.log_every == 0 or do_eval or step == total:
                 val_bpc = ""
                 if do_eval:
-                    val_bpc = f"{_validate(model, valid_stream, p, cfg, world, rank):.4f}"
+                    val_bpc = f"{_validate(model, valid_stream, p, cfg):.4f}"
                 mean = window_loss / window_steps
                 last_row = {"step": step, "phase": i + 1, "seq_len": p.seq_len, "lr": f"{lr:.3e}",
                             "train_loss": f"{mean:.4f}", "train_bpc": f"{mean / math.log(2):.4f}", "val_bpc": val_bpc,
@@ -235,6 +235,12 @@ def train(preset: Preset, opts: RunOptions) -> dict:
                         plot_log(log_path, out / "curve.png")
                 window_loss, window_tokens, window_time, window_steps = 0.0, 0, 0.0, 0
             stopping = stop.signum is not None or (opts.stop_at is not None and step >= opts.stop_at)
+            if world > 1:
+                # A signal may reach the processes at different steps: agree on stopping at this step,
+                # or the ones that stop would leave the others waiting in the next all-reduce forever.
+                flag = torch.tensor([int(stopping)])
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stopping = bool(flag.item())
             if step % cfg.save_every == 0 or step == total or stopping:
                 save()
             if stopping:
@@ -251,8 +257,8 @@ def train(preset: Preset, opts: RunOptions) -> dict:
     return last_row
 
 
-def _validate(model: LongformerLM, stream: SymbolStream, p: Phase, cfg: TrainConfig, world: int, rank: int) -> float:
-    # Every rank holds identical weights; rank 0's number is the one logged (no need to split the work).
+def _validate(model: LongformerLM, stream: SymbolStream, p: Phase, cfg: TrainConfig) -> float:
+    # Every process holds identical weights and computes the same number; rank 0 logs it.
     res = evaluate_bpc(model, stream, p.seq_len, p.seq_len // 2, max_symbols=cfg.eval_tokens, bf16=cfg.bf16)
     return res["bpc"]
 
