@@ -33,10 +33,13 @@ def test_model_matches_transformers(tmp_path, windows, T, impl):
     assert ours.config.attention_window == [w // 2 for w in windows]
     ids, mask, glob = awkward_batch(T)
     with torch.no_grad():
-        want = hf(ids, attention_mask=mask, global_attention_mask=glob)
-        got = ours(ids, attention_mask=mask, global_attention_mask=glob)
+        want = hf(ids, attention_mask=mask, global_attention_mask=glob, output_hidden_states=True)
+        got = ours(ids, attention_mask=mask, global_attention_mask=glob, output_hidden_states=True)
     assert max_diff(got.last_hidden_state, want.last_hidden_state) <= TOL
     assert max_diff(got.pooler_output, want.pooler_output) <= TOL
+    assert len(got.hidden_states) == len(want.hidden_states) == len(windows) + 1
+    for a, b in zip(got.hidden_states, want.hidden_states):
+        assert max_diff(a, b) <= TOL
 
 
 def test_no_global_and_no_mask_match(tmp_path):

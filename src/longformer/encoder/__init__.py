@@ -8,7 +8,7 @@ from .heads import (LongformerForMaskedLM, LongformerForMultipleChoice, Longform
                     LongformerForSequenceClassification, LongformerForTokenClassification)
 from .modeling import LongformerLayer, LongformerModel
 from .tokenizer import load_tokenizer
-from .outputs import (LongformerOutput, MaskedLMOutput, MultipleChoiceOutput, QuestionAnsweringOutput,
+from .outputs import (LongformerModelOutput, MaskedLMOutput, MultipleChoiceOutput, QuestionAnsweringOutput,
                       SequenceClassifierOutput, TokenClassifierOutput)
 
 __all__ = [
@@ -21,7 +21,7 @@ __all__ = [
     "LongformerForQuestionAnswering",
     "LongformerForTokenClassification",
     "LongformerForMultipleChoice",
-    "LongformerOutput",
+    "LongformerModelOutput",
     "MaskedLMOutput",
     "SequenceClassifierOutput",
     "QuestionAnsweringOutput",

@@ -17,7 +17,7 @@ from .activations import activation
 from .attention import LongformerSelfAttention
 from .config import LongformerConfig
 from .inputs import prepare_inputs
-from .outputs import LongformerOutput
+from .outputs import LongformerModelOutput
 
 
 class LongformerEmbeddings(nn.Module):
@@ -145,7 +145,7 @@ def init_weights(module: nn.Module, std: float) -> None:
 
 
 class LongformerModel(nn.Module):
-    """The bare encoder. forward -> LongformerOutput(last_hidden_state (B, T, C), pooler_output, hidden_states).
+    """The bare encoder. forward -> LongformerModelOutput(last_hidden_state (B, T, C), pooler_output, hidden_states).
 
     impl: attention implementation passed to `sliding_window_attention` ("auto" unless testing).
     """
@@ -178,7 +178,7 @@ class LongformerModel(nn.Module):
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool = False,
-    ) -> LongformerOutput:
+    ) -> LongformerModelOutput:
         """input_ids: (B, T) token ids, or inputs_embeds (B, T, C). attention_mask: (B, T) 1 = token,
         0 = padding. global_attention_mask: (B, T) 1 = global. token_type_ids / position_ids: (B, T);
         position ids default to the config's position_embedding_style. Any T up to config.max_length.
@@ -188,7 +188,7 @@ class LongformerModel(nn.Module):
         x = self.embeddings(input_ids, inp.token_type_ids, inp.position_ids, inputs_embeds)
         x, states = self.encoder(x, inp.valid, inp.is_global, output_hidden_states)
         pooled = self.pooler(x) if self.pooler is not None else None
-        return LongformerOutput(last_hidden_state=x, pooler_output=pooled, hidden_states=states)
+        return LongformerModelOutput(last_hidden_state=x, pooler_output=pooled, hidden_states=states)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> LongformerModel:

@@ -7,7 +7,7 @@ import torch
 
 
 @dataclass
-class LongformerOutput:
+class LongformerModelOutput:
     last_hidden_state: torch.Tensor  # (B, T, C)
     pooler_output: torch.Tensor | None = None  # (B, C), tanh(dense(first token)) when the model has a pooler
     hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings + each layer, (B, T, C) each
