@@ -1,11 +1,14 @@
 """Longformer self-attention of one encoder layer: local rows through `query/key/value`, global rows
 recomputed with `query_global/key_global/value_global` (paper §3.1, the released checkpoints).
 
-Both passes go through `longformer.sliding_window_attention`; this module only projects, selects and
-masks. It matches transformers' `LongformerSelfAttention` (same parameters, same math): queries are
-scaled by 1/sqrt(D); a local row attends its window plus every global key (a global key inside the
-window counted once); padded keys are never attended; padded query rows output 0; global rows attend
-every unpadded key with the global projections and overwrite the local result.
+It matches transformers' `LongformerSelfAttention` (same parameters, same math): queries are scaled by
+1/sqrt(D); a local row attends its window plus every global key (a global key inside the window counted
+once); padded keys are never attended; padded query rows output 0; global rows attend every unpadded
+key with the global projections and overwrite the local result.
+
+The band goes through `longformer.sliding_window_attention`. The global rows are transformers' dense
+(G x T) product in eager mode (O(G * T)); under torch.compile, where shapes cannot depend on how many
+tokens are global, they are a second `sliding_window_attention` call with the global mask.
 """
 from __future__ import annotations
 
