@@ -1,8 +1,6 @@
 """Seeded random tiny transformers LEDs and input batches for the LED parity tests."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 

@@ -85,3 +85,16 @@ def test_missing_files_and_wrong_model_type(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
     with pytest.raises(ValueError, match="unsupported model_type 't5'"):
         from_pretrained(tmp_path)
+
+
+def test_save_copies_tokenizer_files_with_the_encoder_length(tmp_path):
+    hf = hf_led()
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 1024}))
+    (tmp_path / "tok" / "merges.txt").write_text("#version: 0.2\n")
+    hf.save_pretrained(tmp_path / "hf")
+    from longformer.led.hub import save_pretrained
+
+    save_pretrained(from_pretrained(tmp_path / "hf"), tmp_path / "out", tokenizer_from=tmp_path / "tok")
+    assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())["model_max_length"] == 96
+    assert (tmp_path / "out" / "merges.txt").read_text() == "#version: 0.2\n"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from .config import GENERATION_KEYS, LEDConfig, atomic_write_text
 from .modeling import LEDForConditionalGeneration, LEDModel
 
 TIED_KEYS = ("led.shared.weight", "led.encoder.embed_tokens.weight", "led.decoder.embed_tokens.weight", "lm_head.weight")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
 TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 
 
@@ -180,15 +178,7 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, tokenizer_from: s
                 defaults[k] = getattr(model.config, k)
         atomic_write_text(directory / "generation_config.json", json.dumps(defaults, indent=2, sort_keys=True) + "\n")
     if tokenizer_from is not None:
-        copy_tokenizer_files(Path(tokenizer_from), directory)
+        from ..convert.files import copy_tokenizer_files  # the encoder conversion's copier (length caps raised)
+
+        copy_tokenizer_files(Path(tokenizer_from), directory, model.config.max_encoder_position_embeddings)
     return directory
-
-
-def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
-    """Copy the tokenizer files present in src to dst; returns the names copied."""
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file() and src.resolve() != dst.resolve():
-            shutil.copyfile(src / name, dst / name)
-            copied.append(name)
-    return copied

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..encoder.attention import LongformerSelfAttention
 from .config import LEDConfig
-from .decoder import DecoderCache, LEDDecoder
+from .decoder import LEDDecoder
 
 ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
