@@ -102,3 +102,11 @@ def test_activation_names_compute_what_transformers_computes():
     x = torch.linspace(-8, 8, 1001)
     for name, fn in ACTIVATIONS.items():
         torch.testing.assert_close(fn(x), act2fn[name](x), rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_presets():
+    c = LongformerConfig.from_name("longformer-large-4096", num_hidden_layers=2)
+    assert (c.hidden_size, c.num_attention_heads, c.attention_window, c.max_length) == (1024, 16, [256, 256], 4096)
+    assert LongformerConfig.from_name("longformer-base-4096") == LongformerConfig()
+    with pytest.raises(ValueError, match="unknown preset"):
+        LongformerConfig.from_name("longformer-huge")

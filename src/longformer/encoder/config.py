@@ -16,6 +16,13 @@ from typing import Any
 from .activations import ACTIVATIONS
 
 POSITION_STYLES = ("roberta", "bert")
+# Shapes of the released checkpoints (paper Table 8 sizes), for `LongformerConfig.from_name`.
+PRESETS: dict[str, dict[str, Any]] = {
+    "longformer-base-4096": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                 intermediate_size=3072, attention_window=256),
+    "longformer-large-4096": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                  intermediate_size=4096, attention_window=256),
+}
 # Source model types `from_source_config` knows how to make long (roberta-style position offsets or not).
 SOURCE_MODEL_TYPES = {"roberta": "roberta", "xlm-roberta": "roberta", "camembert": "roberta", "bert": "bert"}
 
@@ -135,6 +142,13 @@ class LongformerConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> LongformerConfig:
+        """A preset shape (see PRESETS), e.g. from_name("longformer-base-4096", num_hidden_layers=2)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
 
     # ---------------------------------------------------------------- Hugging Face config.json
     @classmethod
