@@ -135,3 +135,15 @@ def test_ddp_trains_when_a_batch_has_no_global_token(tmp_path):
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     torch.testing.assert_close(a, b, rtol=0, atol=0)  # the replicas stayed in sync
+
+
+def test_bf16_autocast_training_step_matches_fp32_loss():
+    torch.manual_seed(0)
+    model = LongformerForSequenceClassification(tiny_config()).train()
+    ids, mask, glob = awkward_batch(70)  # T > 64: the blocked kernel
+    labels = torch.tensor([0, 1, 1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, mask, glob, labels=labels)
+    out.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert abs(out.loss.item() - model(ids, mask, glob, labels=labels).loss.item()) < 1e-2
