@@ -98,3 +98,15 @@ def test_dense_comparison_model_equals_the_long_model(cache: Path, minilm_dir: P
         assert (dense(**inputs).last_hidden_state - ours(ids[None]).last_hidden_state).abs().max() <= 1e-4
     result = measure({**spec, "kind": "chunks"})
     assert result["shape"] == [2, 64] and result["seconds"] > 0 and result["peak_mb"] >= result["rss_before_mb"]
+
+
+@pytest.mark.slow
+def test_default_demo_with_comparison(cache: Path, capsys):
+    # The whole main job as a user runs it (the ~4,000-token document, three measured models).
+    assert cli_main(["demo", "--cache-dir", str(cache), "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "read in one pass" in out
+    top = next(line for line in out.splitlines() if line.strip().startswith("1. score"))
+    assert "topic: beekeeping" in top
+    for row in ("long MiniLM, window w=128", "same weights, full attention", "original MiniLM on 8 chunks"):
+        assert row in out
