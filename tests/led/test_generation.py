@@ -142,3 +142,15 @@ def test_another_configuration_through_from_pretrained(tmp_path):
     for settings in (dict(max_new_tokens=14), dict(max_new_tokens=14, num_beams=4)):
         expected = hf.generate(input_ids=ids, attention_mask=mask, global_attention_mask=glob, **settings)
         assert ours.generate(ids, mask, glob, **settings).tolist() == expected.tolist()
+
+
+def test_unimplemented_checkpoint_settings_are_refused(tmp_path):
+    hf_led(seed=4).save_pretrained(tmp_path)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"bad_words_ids": [[5]], "num_beam_groups": 1,
+                                                                  "decoder_start_token_id": 2}))
+    ours = from_pretrained(tmp_path)
+    ids, mask, glob = batch()
+    with pytest.raises(ValueError, match=r"\{'bad_words_ids': \[\[5\]\]\}.*does not implement"):
+        ours.generate(ids, mask, glob, max_new_tokens=3)
+    ours.generation_defaults.pop("bad_words_ids")
+    assert ours.generate(ids, mask, glob, max_new_tokens=3).shape == (3, 4)

@@ -25,6 +25,17 @@ GENERATION_KEYS = (
     "forced_bos_token_id", "forced_eos_token_id", "max_new_tokens", "min_new_tokens",
 )
 
+# transformers' generation settings this module does not implement, with their no-op values. A checkpoint
+# that sets one of them to anything else would generate differently there, so generate() refuses it.
+UNSUPPORTED_GENERATION: dict[str, Any] = {
+    "encoder_no_repeat_ngram_size": 0, "encoder_repetition_penalty": 1.0, "bad_words_ids": None,
+    "suppress_tokens": None, "begin_suppress_tokens": None, "exponential_decay_length_penalty": None,
+    "renormalize_logits": False, "remove_invalid_values": False, "num_beam_groups": 1, "diversity_penalty": 0.0,
+    "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "min_p": None, "top_h": None,
+    "guidance_scale": None, "sequence_bias": None, "max_time": None, "stop_strings": None,
+    "force_words_ids": None, "constraints": None, "penalty_alpha": None,
+}
+
 
 @dataclass
 class LEDConfig:
@@ -147,7 +158,8 @@ class LEDConfig:
 
     def to_hf_dict(self) -> dict[str, Any]:
         """A config.json dict that transformers' LEDConfig reads (two-sided `attention_window`)."""
-        d: dict[str, Any] = {k: v for k, v in self.extra.items() if k not in GENERATION_KEYS}
+        d: dict[str, Any] = {k: v for k, v in self.extra.items()
+                             if k not in GENERATION_KEYS and k not in UNSUPPORTED_GENERATION}
         d.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("extra", "attention_dilation")})
         d["attention_window"] = [2 * w for w in self.attention_window]
         if any(r != 1 for r in self.attention_dilation):

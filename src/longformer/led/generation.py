@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .config import UNSUPPORTED_GENERATION
 from .decoder import DecoderCache
 
 DEFAULT_MAX_NEW_TOKENS = 20  # transformers' default `max_length=20` new tokens when nothing is set
@@ -54,12 +55,20 @@ def resolve_settings(model, max_decoder_positions: int, **user: Any) -> Generati
     unknown = set(user) - USER_KEYS
     if unknown:
         raise TypeError(f"unknown generation settings {sorted(unknown)}; known: {sorted(USER_KEYS)}")
+    defaults = getattr(model, "generation_defaults", {}) or {}
+    refused = {k: v for k, v in defaults.items()
+               if k in UNSUPPORTED_GENERATION and v is not None and v != UNSUPPORTED_GENERATION[k]}
+    if refused:
+        raise ValueError(
+            f"the checkpoint's generation defaults set {refused}, which this generate() does not implement "
+            "(transformers would apply them, so the tokens would differ); drop them from "
+            "model.generation_defaults to generate without them"
+        )
     c = model.config
     merged: dict[str, Any] = {
         "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id,
         "decoder_start_token_id": c.decoder_start_token_id,
     }
-    defaults = getattr(model, "generation_defaults", {}) or {}
     # Token ids a generation_config.json lists (even as null) override the model config's, as in transformers.
     merged.update({k: v for k, v in defaults.items() if k in USER_KEYS and (v is not None or k in merged)})
     explicit = {k: v for k, v in user.items() if v is not None}

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import GENERATION_KEYS, LEDConfig, atomic_write_text
+from .config import GENERATION_KEYS, UNSUPPORTED_GENERATION, LEDConfig, atomic_write_text
 from .modeling import LEDForConditionalGeneration, LEDModel
 
 TIED_KEYS = ("led.shared.weight", "led.encoder.embed_tokens.weight", "led.decoder.embed_tokens.weight", "lm_head.weight")
@@ -96,9 +96,11 @@ def read_generation_defaults(directory: Path, config_dict: dict[str, Any]) -> di
     """Generation defaults as transformers finds them: generation_config.json if present, else config.json."""
     path = directory / "generation_config.json"
     if not path.is_file():
-        return {k: v for k, v in config_dict.items() if k in GENERATION_KEYS and v is not None}
+        return {k: v for k, v in config_dict.items()
+                if (k in GENERATION_KEYS and v is not None) or k in UNSUPPORTED_GENERATION}
     source = json.loads(path.read_text())
     defaults = {k: v for k, v in source.items() if k in GENERATION_KEYS and v is not None}
+    defaults.update({k: v for k, v in source.items() if k in UNSUPPORTED_GENERATION})  # generate() refuses these
     # transformers then takes special tokens from this file alone (a missing one is None, and a missing
     # decoder_start_token_id falls back to bos_token_id), not from config.json.
     defaults.update({k: source.get(k) for k in TOKEN_KEYS})
@@ -168,10 +170,11 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, tokenizer_from: s
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    defaults = {k: v for k, v in model.config.extra.items() if k in GENERATION_KEYS and v is not None}
+    keep = set(GENERATION_KEYS) | set(TOKEN_KEYS) | set(UNSUPPORTED_GENERATION)
+    defaults = {k: v for k, v in model.config.extra.items() if k in keep and v is not None}
     defaults.update({k: v for k, v in (getattr(model, "generation_defaults", None) or {}).items()
-                     if k in GENERATION_KEYS + TOKEN_KEYS and v is not None})
-    if any(k in GENERATION_KEYS for k in defaults):
+                     if k in keep and v is not None})
+    if any(k in GENERATION_KEYS or k in UNSUPPORTED_GENERATION for k in defaults):
         # transformers then reads generation settings from this file only, so it must carry the token ids too.
         for k in TOKEN_KEYS:
             if defaults.get(k) is None:
