@@ -62,3 +62,36 @@ def test_random_configs_both_directions(tmp_path, seed):
         back = getattr(transformers, name).from_pretrained(tmp_path / "ours").eval()
         again = getattr(back(ids, attention_mask=mask, global_attention_mask=glob, token_type_ids=types), field)
         assert (again - want).abs().max().item() <= 1e-4
+
+
+@pytest.mark.slow
+def test_thousand_tokens_both_directions(tmp_path):
+    """4 layers x 64, windows 32..128 (one-sided), T=1000, padding and global tokens, blocked kernel."""
+    import transformers
+
+    config = transformers.LongformerConfig(
+        vocab_size=500, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=1100, attention_window=[64, 128, 128, 256], hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, type_vocab_size=1)
+    hf = make_hf("LongformerModel", config, seed=5)
+    hf.save_pretrained(tmp_path / "hf")
+    ours = LongformerModel.from_pretrained(tmp_path / "hf")
+    T = 1000
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(3, 500, (2, T), generator=g)
+    mask = torch.ones(2, T, dtype=torch.long)
+    mask[1, 777:] = 0
+    ids[mask == 0] = 1
+    glob = torch.zeros(2, T, dtype=torch.long)
+    glob[0, [0, 400, 999]] = 1
+    glob[1, [0, 5, 6, 7]] = 1
+    with torch.no_grad():
+        want = hf(ids, attention_mask=mask, global_attention_mask=glob).last_hidden_state
+        got = ours(ids, attention_mask=mask, global_attention_mask=glob).last_hidden_state
+        print(f"max |ours - transformers| = {(got - want).abs().max().item():.2e}")
+        assert (got - want).abs().max().item() <= 1e-4
+        ours.save_pretrained(tmp_path / "ours")
+        back = transformers.LongformerModel.from_pretrained(tmp_path / "ours").eval()
+        again = back(ids, attention_mask=mask, global_attention_mask=glob).last_hidden_state
+        print(f"max |saved back - transformers| = {(again - want).abs().max().item():.2e}")
+        assert (again - want).abs().max().item() <= 1e-4
