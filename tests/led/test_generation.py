@@ -7,6 +7,7 @@ import torch
 
 from longformer.led.config import LEDConfig
 from longformer.led.decoder import DecoderCache
+from longformer.led.generation import resolve_settings
 from longformer.led.hub import from_pretrained
 from longformer.led.modeling import LEDForConditionalGeneration
 
@@ -111,7 +112,7 @@ def test_generation_errors(pair):
     ids, mask, glob = batch()
     with pytest.raises(ValueError, match="past the decoder's position table.*max_decoder_position_embeddings=48"):
         ours.generate(ids, mask, glob, max_new_tokens=49)
-    ours.generate(ids[:1], mask[:1], glob[:1], max_new_tokens=48, min_length=48)  # exactly fills the table
+    assert resolve_settings(ours, 48, max_new_tokens=48).max_length == 49  # exactly fills the table
     with pytest.raises(ValueError, match="num_return_sequences"):
         ours.generate(ids, mask, glob, num_beams=2, num_return_sequences=3)
     with pytest.raises(ValueError, match="temperature"):
