@@ -58,7 +58,7 @@ def test_windows_that_do_not_divide_each_other():
         mask31 = torch.cat([mask, torch.tensor([[0]])], 1)
         glob31 = torch.cat([glob, torch.tensor([[0]])], 1)
         out31 = ours(ids31, mask31, glob31, dec).logits
-        with pytest.raises(AssertionError):
+        with pytest.raises((AssertionError, RuntimeError, ValueError)):  # transformers 5.x: AssertionError
             hf(input_ids=ids31, attention_mask=mask31, global_attention_mask=glob31, decoder_input_ids=dec)
     assert (ref - out30).abs().max() <= 1e-4
     assert (out31 - out30).abs().max() <= 1e-4
