@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 from longformer.lm.config import LMConfig, Phase, Preset, TrainConfig, linear_windows, upper_layer_dilations
 

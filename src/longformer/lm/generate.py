@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .model import LongformerLM, apply_rotary, rotary_tables
+from .model import LongformerLM, rotary_tables
 
 
 class LayerCache:
