@@ -147,10 +147,10 @@ def load_pretrained(cls: type, path: str | os.PathLike, *, impl: str = "auto", d
                          + "\n  ".join(problems))
     if other_heads:
         warnings.warn(f"{cls.__name__}.from_pretrained({str(path)!r}): not using {len(other_heads)} checkpoint "
-                      f"keys of another head: {_listing(other_heads)}", stacklevel=2)
+                      f"keys of another head: {_listing(other_heads)}", stacklevel=3)
     if new_head:
         warnings.warn(f"{cls.__name__}.from_pretrained({str(path)!r}): newly initialised {len(new_head)} head keys "
-                      f"(train them before use): {_listing(new_head)}", stacklevel=2)
+                      f"(train them before use): {_listing(new_head)}", stacklevel=3)
 
     own = {(k[len("longformer."):] if bare else k): state[k] for k in expected if k in state}
     result = model.load_state_dict(own, strict=False)
@@ -174,7 +174,7 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
     if any(d != 1 for d in config.attention_dilation) or config.position_embedding_style != "roberta":
         warnings.warn(
             "this model uses attention_dilation or bert-style positions, which transformers' Longformer does not "
-            "implement: transformers will load the weights but compute a different function", stacklevel=2)
+            "implement: transformers will load the weights but compute a different function", stacklevel=3)
     tensors = {}
     for name, t in model.state_dict().items():
         if name in TIED and _tied(model):
