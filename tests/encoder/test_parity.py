@@ -172,3 +172,14 @@ def test_token_classification_and_multiple_choice_match_transformers(tmp_path, n
         got = ours(ids, attention_mask=mask, global_attention_mask=glob, labels=labels)
     assert max_diff(got.logits, want.logits) <= TOL
     assert abs(got.loss.item() - want.loss.item()) <= TOL
+
+
+def test_sharded_safetensors_checkpoint(tmp_path):
+    hf = make_hf("LongformerModel", hf_config((4, 8)))
+    hf.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    ours = LongformerModel.from_pretrained(tmp_path)
+    ids, mask, glob = awkward_batch(15)
+    with torch.no_grad():
+        want = hf(ids, attention_mask=mask, global_attention_mask=glob).last_hidden_state
+        assert max_diff(ours(ids, attention_mask=mask, global_attention_mask=glob).last_hidden_state, want) <= TOL
