@@ -110,3 +110,14 @@ def test_presets():
     assert LongformerConfig.from_name("longformer-base-4096") == LongformerConfig()
     with pytest.raises(ValueError, match="unknown preset"):
         LongformerConfig.from_name("longformer-huge")
+
+
+def test_keys_missing_from_config_json_take_transformers_defaults():
+    transformers = pytest.importorskip("transformers")
+    ours = LongformerConfig.from_dict({"model_type": "longformer", "num_hidden_layers": 2})
+    theirs = transformers.LongformerConfig(num_hidden_layers=2)
+    for name in ("vocab_size", "hidden_size", "num_attention_heads", "intermediate_size", "hidden_act",
+                 "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id", "sep_token_id",
+                 "tie_word_embeddings", "initializer_range"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert [2 * w for w in ours.attention_window] == [theirs.attention_window] * 2

@@ -23,6 +23,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "longformer-large-4096": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
                                   intermediate_size=4096, attention_window=256),
 }
+# transformers' LongformerConfig defaults: what a config.json that omits a key means (ours differ).
+HF_DEFAULTS: dict[str, Any] = dict(
+    vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+    hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, max_position_embeddings=512,
+    type_vocab_size=2, initializer_range=0.02, layer_norm_eps=1e-12, pad_token_id=1, bos_token_id=0,
+    eos_token_id=2, sep_token_id=2, attention_window=512, tie_word_embeddings=True, num_labels=2,
+)
 # Source model types `from_source_config` knows how to make long (roberta-style position offsets or not).
 SOURCE_MODEL_TYPES = {"roberta": "roberta", "xlm-roberta": "roberta", "camembert": "roberta", "bert": "bert"}
 
@@ -163,9 +170,11 @@ class LongformerConfig:
             )
             raise ValueError(f"unsupported model_type {model_type!r}: expected 'longformer'.{hint}")
         fields = {f.name for f in dataclasses.fields(cls)}
+        d = {**HF_DEFAULTS, **d}  # a key the file omits means what it means to transformers
         kwargs = {k: v for k, v in d.items() if k in fields}
-        hf_window = d.get("attention_window", 512)
-        kwargs["attention_window"] = _one_sided(hf_window)
+        kwargs["attention_window"] = _one_sided(d["attention_window"])
+        if kwargs.get("pad_token_id") is None:
+            raise ValueError("config.json has pad_token_id null: roberta-style positions need a padding id")
         if kwargs.get("id2label") is not None:
             if "num_labels" in overrides and "id2label" not in overrides:
                 # A new head size: the checkpoint's label names describe the old head.
