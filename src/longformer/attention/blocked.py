@@ -1,11 +1,12 @@
 """The memory-linear blocked kernel: forward and backward in O(T * (w + G)) time and memory.
 
-Per batch element and head, attention is split into three parts whose softmaxes are merged with
-their log-sum-exps (flash-attention style):
+Attention is split into three parts whose softmaxes are merged with their log-sum-exps
+(flash-attention style):
 
-1. the band: for a head with dilation r, the rows ``m, m + r, m + 2r, ...`` form an undilated
-   sequence of about T / r tokens with the same window (split by ``i mod r``), computed block by
-   block in `_band.py`. Global keys are masked out of the band so that they count once;
+1. the band: heads are grouped by dilation r; for such a head the rows ``m, m + r, m + 2r, ...``
+   form an undilated sequence of ``ceil(T / r)`` tokens with the same window (split by
+   ``i mod r``). All batch elements, heads of the group and residues m are computed together as N
+   sequences by `_band.py`. Global keys are masked out of the band so that they count once;
 2. the global keys: every row attends the gathered global keys (G, D) of its batch element;
 3. the global rows: recomputed as full attention over all T keys (G x T, linear in T), overwriting
    whatever the first two parts gave them.
@@ -59,80 +60,105 @@ class _BlockedAttention(torch.autograd.Function):
 
 
 class _Plan:
-    """Per-call constants: masks per batch element and the statistics dtype."""
+    """Per-call constants: head groups, masks and the statistics dtype."""
 
     def __init__(self, q, window, dilation, causal, key_valid, is_global, scale):
         B, H, T, D = q.shape
-        self.window, self.dilation, self.causal, self.scale = window, dilation, causal, scale
+        self.B, self.H, self.T = B, H, T
+        self.window, self.causal, self.scale = window, causal, scale
         self.stat = torch.float64 if q.dtype == torch.float64 else torch.float32
-        self.key_valid = key_valid
-        self.global_idx: list[torch.Tensor | None] = []
-        self.band_ok: list[torch.Tensor | None] = []  # keys the band may use: valid and not global
-        for b in range(B):
-            idx = None if is_global is None else is_global[b].nonzero().squeeze(1)
-            if idx is not None and idx.numel() == 0:
-                idx = None
-            self.global_idx.append(idx)
-            ok = None if key_valid is None else key_valid[b]
-            if idx is not None:
-                ok = ~is_global[b] if ok is None else ok & ~is_global[b]
-            self.band_ok.append(ok)
-        self.is_global = is_global
+        self.key_valid, self.is_global = key_valid, is_global
+        self.groups: dict[int, list[int]] = {}  # dilation -> heads
+        for h, r in enumerate(dilation):
+            self.groups.setdefault(min(r, max(T, 1)), []).append(h)  # r >= T: every row alone
+        self.global_idx = [None] * B
+        if is_global is not None:
+            for b in range(B):
+                idx = is_global[b].nonzero().squeeze(1)
+                self.global_idx[b] = idx if idx.numel() else None
+        band_ok = key_valid  # keys the band may use: valid and not global
+        if is_global is not None:
+            band_ok = ~is_global if band_ok is None else band_ok & ~is_global
+        self.band_ok = band_ok
 
-    def residues(self, h: int, T: int):
-        """(slice, BandLayout) of each undilated sub-sequence of head h."""
-        r = self.dilation[h]
-        right = 0 if self.causal else self.window
-        for m in range(min(r, T)):
-            yield slice(m, None, r), BandLayout.make(len(range(m, T, r)), self.window, right, BLOCK)
+    def group(self, r: int, heads: list[int]):
+        """(head index, layout, band key mask (N, T') or None) of the head group with dilation r."""
+        T = self.T
+        Tr = -(-T // r)
+        index = heads[0] if len(heads) == 1 else heads  # one head: a view, no gather
+        lay = BandLayout.make(self.B * len(heads) * r, Tr, self.window, 0 if self.causal else self.window, BLOCK)
+        ok = self.band_ok
+        if ok is None and Tr * r != T:
+            ok = torch.ones(self.B, T, dtype=torch.bool, device=self.device)
+        if ok is not None:
+            ok = _split(ok[:, None].expand(self.B, len(heads), T), r, Tr, pad=False)
+        return index, lay, ok
+
+
+def _split(x: torch.Tensor, r: int, Tr: int, pad=0.0) -> torch.Tensor:
+    """(B, Hg, T, ...) -> (B * Hg * r, Tr, ...): row i of a head goes to residue i % r, slot i // r."""
+    B, Hg, T = x.shape[:3]
+    if r == 1:
+        return x.reshape(B * Hg, T, *x.shape[3:])
+    padded = x.new_full((B, Hg, Tr * r, *x.shape[3:]), pad)
+    padded[:, :, :T] = x
+    padded = padded.view(B, Hg, Tr, r, *x.shape[3:]).transpose(2, 3)
+    return padded.reshape(B * Hg * r, Tr, *x.shape[3:])
+
+
+def _merge(y: torch.Tensor, B: int, Hg: int, r: int, T: int) -> torch.Tensor:
+    """Inverse of `_split`: (B * Hg * r, Tr, ...) -> (B, Hg, T, ...)."""
+    Tr = y.shape[1]
+    y = y.reshape(B, Hg, r, Tr, *y.shape[2:]).transpose(2, 3)
+    return y.reshape(B, Hg, Tr * r, *y.shape[4:])[:, :, :T]
+
+
+def _heads(x: torch.Tensor, index) -> torch.Tensor:
+    return x[:, index : index + 1] if isinstance(index, int) else x[:, index]
 
 
 def _forward(plan: _Plan, q, k, v):
     B, H, T, D = q.shape
+    plan.device = q.device
     out = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, H, T, dtype=plan.stat, device=q.device)
-    for b in range(B):
-        ok, idx = plan.band_ok[b], plan.global_idx[b]
-        for h in range(H):
-            for sl, lay in plan.residues(h, T):
-                o, l = band_forward(
-                    q[b, h, sl], k[b, h, sl], v[b, h, sl], None if ok is None else ok[sl],
-                    lay, plan.scale, plan.stat, ROWS_PER_CHUNK,
-                )
-                out[b, h, sl] = o
-                lse[b, h, sl] = l
-            if idx is not None:
-                _global_forward(plan, b, idx, q[b, h], k[b, h], v[b, h], out[b, h], lse[b, h])
+    for r, heads in plan.groups.items():
+        index, lay, ok = plan.group(r, heads)
+        qs, ks, vs = (_split(_heads(t, index), r, lay.T) for t in (q, k, v))
+        o, l = band_forward(qs, ks, vs, ok, lay, plan.scale, plan.stat, ROWS_PER_CHUNK)
+        out[:, heads] = _merge(o, B, len(heads), r, T)
+        lse[:, heads] = _merge(l, B, len(heads), r, T)
+    for b, idx in enumerate(plan.global_idx):
+        if idx is not None:
+            _global_forward(plan, b, idx, q[b], k[b], v[b], out[b], lse[b])
     return out, lse
 
 
 def _backward(plan: _Plan, q, k, v, out, lse, dout):
     B, H, T, D = q.shape
-    dq, dk, dv = (torch.empty(B, H, T, D, dtype=q.dtype, device=q.device) for _ in range(3))
-    for b in range(B):
-        ok, idx = plan.band_ok[b], plan.global_idx[b]
-        for h in range(H):
-            do = dout[b, h]
-            delta = (do.to(plan.stat) * out[b, h].to(plan.stat)).sum(-1)  # (T,)
-            do_loc, delta_loc = do, delta
-            if idx is not None:
-                # global rows took their output from part 3 only: parts 1 and 2 get no gradient there
-                local = ~plan.is_global[b]
-                do_loc, delta_loc = do * local[:, None], delta * local
-            dq_h, dk_h, dv_h = (torch.zeros(T, D, dtype=plan.stat, device=q.device) for _ in range(3))
-            for sl, lay in plan.residues(h, T):
-                gq, gk, gv = band_backward(
-                    q[b, h, sl], k[b, h, sl], v[b, h, sl], None if ok is None else ok[sl],
-                    lay, plan.scale, plan.stat, do_loc[sl], lse[b, h, sl], delta_loc[sl], ROWS_PER_CHUNK,
-                )
-                dq_h[sl], dk_h[sl], dv_h[sl] = gq, gk, gv
-            if idx is not None:
-                _global_backward(
-                    plan, b, idx, q[b, h], k[b, h], v[b, h], lse[b, h], do, delta, do_loc, delta_loc,
-                    dq_h, dk_h, dv_h,
-                )
-            dq[b, h], dk[b, h], dv[b, h] = dq_h, dk_h, dv_h
-    return dq, dk, dv
+    plan.device = q.device
+    st = plan.stat
+    delta = (dout.to(st) * out.to(st)).sum(-1)  # (B, H, T)
+    do_loc, delta_loc = dout, delta
+    if plan.is_global is not None:
+        # global rows took their output from part 3 only: parts 1 and 2 get no gradient there
+        local = ~plan.is_global[:, None, :]  # (B, 1, T)
+        do_loc, delta_loc = dout * local[..., None], delta * local
+    dq, dk, dv = (torch.empty(B, H, T, D, dtype=st, device=q.device) for _ in range(3))
+    for r, heads in plan.groups.items():
+        index, lay, ok = plan.group(r, heads)
+        args = [_split(_heads(t, index), r, lay.T) for t in (q, k, v)]
+        gq, gk, gv = band_backward(
+            *args, ok, lay, plan.scale, st, _split(_heads(do_loc, index), r, lay.T),
+            _split(_heads(lse, index), r, lay.T), _split(_heads(delta_loc, index), r, lay.T), ROWS_PER_CHUNK,
+        )
+        for acc, g in ((dq, gq), (dk, gk), (dv, gv)):
+            acc[:, heads] = _merge(g, B, len(heads), r, T)
+    for b, idx in enumerate(plan.global_idx):
+        if idx is not None:
+            _global_backward(plan, b, idx, q[b], k[b], v[b], lse[b], dout[b], delta[b], do_loc[b], delta_loc[b],
+                             dq[b], dk[b], dv[b])
+    return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype)
 
 
 def _global_masks(plan: _Plan, b: int, idx: torch.Tensor, T: int):
@@ -150,7 +176,8 @@ def _global_masks(plan: _Plan, b: int, idx: torch.Tensor, T: int):
 
 
 def _scores(plan: _Plan, a: torch.Tensor, b: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    return (a @ b.transpose(0, 1)).to(plan.stat).mul_(plan.scale).masked_fill_(~allowed, NEG_INF)
+    """(H, n, m) masked scaled scores of (H, n, D) rows against (H, m, D) keys."""
+    return (a @ b.transpose(-1, -2)).to(plan.stat).mul_(plan.scale).masked_fill_(~allowed, NEG_INF)
 
 
 def _safe(lse: torch.Tensor) -> torch.Tensor:
@@ -159,42 +186,43 @@ def _safe(lse: torch.Tensor) -> torch.Tensor:
 
 
 def _global_forward(plan: _Plan, b, idx, q, k, v, out, lse) -> None:
-    """Merge part 2 into (out, lse) of one head in place, then overwrite the global rows (part 3)."""
-    T = q.shape[0]
+    """All heads of batch element b, (H, T, D): merge part 2 into (out, lse) in place, then
+    overwrite the global rows (part 3)."""
+    T = q.shape[1]
     to_glob, from_glob = _global_masks(plan, b, idx, T)
-    kg, vg = k[idx], v[idx]  # (G, D)
-    s = _scores(plan, q, kg, to_glob)  # (T, G)
+    kg, vg = k[:, idx], v[:, idx]  # (H, G, D)
+    s = _scores(plan, q, kg, to_glob)  # (H, T, G)
     lg = torch.logsumexp(s, dim=-1)
-    og = s.sub_(_safe(lg)[:, None]).exp_().to(v.dtype) @ vg
+    og = s.sub_(_safe(lg)[..., None]).exp_().to(v.dtype) @ vg
     new = torch.logaddexp(lse, lg)
-    wb = (lse - _safe(new)).exp_()[:, None]
-    wg = (lg - _safe(new)).exp_()[:, None]
+    wb = (lse - _safe(new)).exp_()[..., None]
+    wg = (lg - _safe(new)).exp_()[..., None]
     out.copy_(out.to(plan.stat).mul_(wb).add_(og.to(plan.stat).mul_(wg)))
     lse.copy_(new)
-    s = _scores(plan, q[idx], k, from_glob)  # (G, T)
+    s = _scores(plan, q[:, idx], k, from_glob)  # (H, G, T)
     lr = torch.logsumexp(s, dim=-1)
-    out[idx] = s.sub_(_safe(lr)[:, None]).exp_().to(v.dtype) @ v
-    lse[idx] = lr
+    out[:, idx] = s.sub_(_safe(lr)[..., None]).exp_().to(v.dtype) @ v
+    lse[:, idx] = lr
 
 
 def _global_backward(plan: _Plan, b, idx, q, k, v, lse, do, delta, do_loc, delta_loc, dq, dk, dv) -> None:
-    """Add the gradients of parts 2 and 3 of one head to the (T, D) accumulators dq, dk, dv."""
-    T = q.shape[0]
+    """Add the gradients of parts 2 and 3 of batch element b to the (H, T, D) accumulators."""
+    T = q.shape[1]
     st, scale = plan.stat, plan.scale
     # scores recomputed as in forward, every other product in the statistics dtype (see band_backward)
     to_glob, from_glob = _global_masks(plan, b, idx, T)
-    s_glob = _scores(plan, q, k[idx], to_glob)  # (T, G)
-    s_rows = _scores(plan, q[idx], k, from_glob)  # (G, T)
+    s_glob = _scores(plan, q, k[:, idx], to_glob)  # (H, T, G)
+    s_rows = _scores(plan, q[:, idx], k, from_glob)  # (H, G, T)
     q, k, v, do, do_loc = (t.to(st) for t in (q, k, v, do, do_loc))
-    kg, vg = k[idx], v[idx]
-    p = s_glob.sub_(_safe(lse)[:, None]).exp_()
-    dv.index_add_(0, idx, p.transpose(0, 1) @ do_loc)
-    ds = (do_loc @ vg.transpose(0, 1)).sub_(delta_loc[:, None]).mul_(p)
+    kg, vg = k[:, idx], v[:, idx]
+    p = s_glob.sub_(_safe(lse)[..., None]).exp_()
+    dv.index_add_(1, idx, p.transpose(-1, -2) @ do_loc)
+    ds = (do_loc @ vg.transpose(-1, -2)).sub_(delta_loc[..., None]).mul_(p)
     dq.add_(ds @ kg, alpha=scale)
-    dk.index_add_(0, idx, ds.transpose(0, 1) @ q, alpha=scale)
-    qg, dog = q[idx], do[idx]
-    p = s_rows.sub_(_safe(lse[idx])[:, None]).exp_()
-    dv.add_(p.transpose(0, 1) @ dog)
-    ds = (dog @ v.transpose(0, 1)).sub_(delta[idx][:, None]).mul_(p)
-    dq.index_add_(0, idx, ds @ k, alpha=scale)
-    dk.add_(ds.transpose(0, 1) @ qg, alpha=scale)
+    dk.index_add_(1, idx, ds.transpose(-1, -2) @ q, alpha=scale)
+    qg, dog = q[:, idx], do[:, idx]
+    p = s_rows.sub_(_safe(lse[:, idx])[..., None]).exp_()
+    dv.add_(p.transpose(-1, -2) @ dog)
+    ds = (dog @ v.transpose(-1, -2)).sub_(delta[:, idx][..., None]).mul_(p)
+    dq.index_add_(1, idx, ds @ k, alpha=scale)
+    dk.add_(ds.transpose(-1, -2) @ qg, alpha=scale)
