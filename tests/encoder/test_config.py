@@ -121,3 +121,17 @@ def test_keys_missing_from_config_json_take_transformers_defaults():
                  "tie_word_embeddings", "initializer_range"):
         assert getattr(ours, name) == getattr(theirs, name), name
     assert [2 * w for w in ours.attention_window] == [theirs.attention_window] * 2
+
+
+def test_source_keys_missing_take_transformers_defaults():
+    bert = LongformerConfig.from_source_config({"model_type": "bert", "num_hidden_layers": 1}, max_length=600,
+                                               window=8)
+    assert (bert.pad_token_id, bert.vocab_size, bert.layer_norm_eps, bert.type_vocab_size) == (0, 30522, 1e-12, 2)
+    assert bert.bos_token_id is None and bert.sep_token_id is None
+    # A BERT made long with roberta-style positions keeps BERT's padding id.
+    shifted = LongformerConfig.from_source_config({"model_type": "bert", "num_hidden_layers": 1}, max_length=600,
+                                                  window=8, position_embedding_style="roberta")
+    assert shifted.pad_token_id == 0 and shifted.max_position_embeddings == 601
+    roberta = LongformerConfig.from_source_config({"model_type": "roberta", "num_hidden_layers": 1},
+                                                  max_length=600, window=8)
+    assert (roberta.pad_token_id, roberta.sep_token_id, roberta.vocab_size) == (1, 2, 50265)

@@ -250,19 +250,22 @@ class LongformerConfig:
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
             raise ValueError(f"max_length must be a positive int, got {max_length!r}")
         style = position_embedding_style or SOURCE_MODEL_TYPES[model_type]
-        pad = d.get("pad_token_id")
-        if pad is None:
-            pad = 1 if style == "roberta" else 0
+        bert = model_type == "bert"
+        # transformers' BertConfig / RobertaConfig defaults for keys the file omits.
+        defaults = {**HF_DEFAULTS, "vocab_size": 50265 if model_type == "roberta" else 30522,
+                    "pad_token_id": 0 if bert else 1, "bos_token_id": None if bert else 0,
+                    "eos_token_id": None if bert else 2, "sep_token_id": None}
+        d = {**defaults, **d}
         fields = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in fields and v is not None}
+        kwargs = {k: v for k, v in d.items() if k in fields}
         kwargs.pop("architectures", None)
+        pad = kwargs["pad_token_id"]
+        if pad is None:
+            raise ValueError("source config has pad_token_id null: the position table needs a padding id")
         if isinstance(kwargs.get("eos_token_id"), list):
             kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
-        if "sep_token_id" not in kwargs:
-            kwargs["sep_token_id"] = kwargs.get("eos_token_id") if style == "roberta" else None
-        if model_type == "bert":
-            kwargs.setdefault("bos_token_id", None)
-            kwargs.setdefault("eos_token_id", None)
+        if kwargs["sep_token_id"] is None and not bert:
+            kwargs["sep_token_id"] = kwargs["eos_token_id"]  # RoBERTa's </s> separates question and context
         kwargs.update(
             pad_token_id=pad,
             max_position_embeddings=max_length + (pad + 1 if style == "roberta" else 0),
