@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as err:
-            if err.name == name:  # that command is not part of this build
+            if name == err.name or name.startswith(f"{err.name}."):  # not part of this build
                 continue
             raise
         module.register(subparsers)

@@ -73,3 +73,21 @@ def test_conversion_errors(tmp_path):
     (tmp_path / "t5" / "config.json").write_text(json.dumps({"model_type": "t5"}))
     with pytest.raises(ConversionError, match="model_type 'bart'"):
         bart_to_led(tmp_path / "t5", tmp_path / "o")
+
+
+def test_convert_command_turns_bart_into_led(tmp_path, capsys):
+    """`longformer convert` dispatches on the source's model_type: a BART dir becomes an LED dir."""
+    from longformer.cli import main
+
+    bart = hf_bart(seed=3)
+    bart.save_pretrained(tmp_path / "bart")
+    assert main(["convert", str(tmp_path / "bart"), str(tmp_path / "led"), "--max-length", "96", "--window", "23"]) == 0
+    assert "bart -> led" in capsys.readouterr().out
+    led = from_pretrained(tmp_path / "led")
+    assert led.config.max_encoder_position_embeddings == 96
+    ids = torch.randint(3, 61, (1, 20), generator=torch.Generator().manual_seed(1))
+    dec = ids[:, :7]
+    with torch.no_grad():
+        ref = bart(input_ids=ids, decoder_input_ids=dec).logits
+        got = led(ids, None, torch.zeros_like(ids), dec).logits
+    assert (ref - got).abs().max() <= 1e-4

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
-            if err.name == module_name:
+            if module_name == err.name or module_name.startswith(f"{err.name}."):
                 continue
             raise
         parser = inner.add_parser(name, help=help_text)

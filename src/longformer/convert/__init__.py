@@ -40,7 +40,7 @@ __all__ = [
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "convert",
-        help="make a long Longformer from a BERT or RoBERTa checkpoint dir",
+        help="make a long Longformer from a BERT or RoBERTa checkpoint dir, or an LED from a BART one",
         description=(
             "Make a long Longformer from a BERT or RoBERTa checkpoint dir (config.json + model.safetensors "
             "or pytorch_model.bin), as in the Longformer paper: learned position rows repeated out to "
@@ -50,7 +50,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument("src", help="source checkpoint dir (BERT or RoBERTa; sentence-transformers dirs work)")
     parser.add_argument("dst", help="output dir (must not exist or be empty, unless --force)")
-    parser.add_argument("--max-length", type=int, default=4096, help="tokens the long model takes (default 4096)")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens the long model (for BART: the LED encoder) takes (default 4096; 16384 for BART)",
+    )
     windows = parser.add_mutually_exclusive_group()
     windows.add_argument(
         "--attention-window",
@@ -82,12 +87,15 @@ def _int_list(text: str) -> int | list[int]:
 def _run(args: argparse.Namespace) -> int:
     from .core import make_long
 
+    if _source_type(args.src) == "bart":
+        return _run_bart(args)
+    max_length = 4096 if args.max_length is None else args.max_length
     attention_window = 512 if args.attention_window is None else args.attention_window  # unused if --window
     try:
         record = make_long(
             args.src,
             args.dst,
-            max_length=args.max_length,
+            max_length=max_length,
             attention_window=attention_window,
             window=args.window,
             force=args.force,
@@ -108,4 +116,38 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  tokenizer files: {', '.join(record.tokenizer_files)} (length caps set to {record.max_length})")
     else:
         print("  no tokenizer files in the source dir; none copied")
+    return 0
+
+
+def _source_type(src: str) -> str | None:
+    """model_type of SRC's config.json, or None when unreadable (make_long then reports the problem)."""
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads((Path(src) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _run_bart(args: argparse.Namespace) -> int:
+    """BART -> LED: the encoder becomes Longformer (see longformer.led.from_bart)."""
+    from ..led.from_bart import bart_to_led
+
+    try:
+        record = bart_to_led(
+            args.src,
+            args.dst,
+            max_length=16384 if args.max_length is None else args.max_length,
+            attention_window=args.attention_window if args.window is None else None,
+            window=args.window,
+            force=args.force,
+        )
+    except ConversionError as err:
+        print(f"longformer convert: error: {err}")
+        return 2
+    print(
+        f"wrote {args.dst}: bart -> led, encoder {record.source_positions} -> {record.max_length} tokens, "
+        f"one-sided window {record.window}"
+    )
     return 0
