@@ -190,3 +190,9 @@ def test_no_nan_and_accurate_with_huge_scores():
     assert torch.isfinite(out).all()
     want = sliding_window_attention(q.double(), k.double(), v.double(), 3, dilation=(1, 2), scale=1.0, impl="reference")
     torch.testing.assert_close(out.double(), want, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("T", [10, 300])
+def test_auto_matches_reference(T):
+    """Whatever "auto" dispatches to (reference for tiny inputs, blocked beyond) is exact."""
+    check_against_reference("auto", torch.float32, 2, 2, T, 8, 7, (1, 2), True, "many", True)

@@ -66,7 +66,7 @@ def sliding_window_attention(
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
-        impl = _choose_impl(T, window, dilations)
+        impl = _choose_impl(B, H, T, window, dilations)
     if impl == "reference":
         return reference_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale)
     from .blocked import blocked_attention
@@ -74,10 +74,12 @@ def sliding_window_attention(
     return blocked_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale)
 
 
-def _choose_impl(T: int, window: int, dilations: tuple[int, ...]) -> str:
-    # The blocked kernel is exact for every input; the dense reference only wins on tiny inputs
-    # where the whole T x T score matrix is smaller than the blocked kernel's per-call overhead.
-    if T <= 64:
+def _choose_impl(B: int, H: int, T: int, window: int, dilations: tuple[int, ...]) -> str:
+    # Measured (docs/attention.md, fwd+bwd, D=64, H=12, w in {16, 256}): the dense reference wins up
+    # to T=256, where its T x T scores are small and the blocked kernel's fixed per-call work
+    # (packing, masks, a few dozen small ops) dominates; from T=512 the blocked kernel wins and its
+    # memory stays linear. The element cap keeps the reference's (B, H, T, T) scores <= 64 MB.
+    if T <= 256 and B * H * T * T <= 2**24:
         return "reference"
     return "blocked"
 
