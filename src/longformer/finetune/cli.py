@@ -88,7 +88,10 @@ def register(subparsers: Any) -> None:
 
 
 def _fail(err: Exception) -> int:
-    print(f"error: {err}", file=sys.stderr)
+    import os
+
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
+        print(f"error: {err}", file=sys.stderr)
     return 2
 
 
