@@ -64,7 +64,7 @@ class _Plan:
 
     def __init__(self, q, window, dilation, causal, key_valid, is_global, scale):
         B, H, T, D = q.shape
-        self.B, self.H, self.T = B, H, T
+        self.B, self.H, self.T, self.device = B, H, T, q.device
         self.window, self.causal, self.scale = window, causal, scale
         self.stat = torch.float64 if q.dtype == torch.float64 else torch.float32
         self.key_valid, self.is_global = key_valid, is_global
@@ -119,7 +119,6 @@ def _heads(x: torch.Tensor, index) -> torch.Tensor:
 
 def _forward(plan: _Plan, q, k, v):
     B, H, T, D = q.shape
-    plan.device = q.device
     out = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, H, T, dtype=plan.stat, device=q.device)
     for r, heads in plan.groups.items():
@@ -136,7 +135,6 @@ def _forward(plan: _Plan, q, k, v):
 
 def _backward(plan: _Plan, q, k, v, out, lse, dout):
     B, H, T, D = q.shape
-    plan.device = q.device
     st = plan.stat
     delta = (dout.to(st) * out.to(st)).sum(-1)  # (B, H, T)
     do_loc, delta_loc = dout, delta
