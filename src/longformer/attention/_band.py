@@ -131,13 +131,21 @@ class _Scores:
             s = torch.baddbmm(self.bbias, q, kT, alpha=self.scale)
         else:
             s = self.bbias.add(torch.bmm(q, kT), alpha=self.scale)  # low precision products, fp32 sum
-        needs = self.needs[b0:b1]
-        ids = needs.nonzero().squeeze(1)
-        if ids.numel() == needs.numel():
-            s.add_(self.kbias[b0:b1, None, :])
-        elif ids.numel():
-            s[ids] += self.kbias[b0:b1][ids, None, :]
+        # blocks needing the key bias come in short runs (the ends of each sequence, padding):
+        # add it slice by slice, cheaper than gathering and scattering the score tiles
+        for r0, r1 in self.runs(b0, b1):
+            s[r0 - b0 : r1 - b0].add_(self.kbias[r0:r1, None, :])
         return s
+
+    def runs(self, b0: int, b1: int) -> list[tuple[int, int]]:
+        ids = (self.needs[b0:b1].nonzero().squeeze(1) + b0).tolist()
+        out: list[tuple[int, int]] = []
+        for i in ids:
+            if out and out[-1][1] == i:
+                out[-1] = (out[-1][0], i + 1)
+            else:
+                out.append((i, i + 1))
+        return out
 
 
 def _chunks(lay: BandLayout, rows_per_chunk: int):
