@@ -41,8 +41,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--eval-batch-size", type=_positive_int)
     p.add_argument("--grad-accum", type=_positive_int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--max-length", type=_positive_int, help="max tokens per input (default: what the model takes)")
-    p.add_argument("--truncate", action="store_true",
-                   help="cut inputs longer than --max-length (reported with counts); without it they are an error")
+    p.add_argument("--truncate", action=argparse.BooleanOptionalAction, default=True,
+                   help="cut inputs longer than --max-length to their first tokens, with a warning that counts them "
+                        "(also in metrics.json); --no-truncate makes any over-long input an error (default: truncate)")
     p.add_argument("--doc-stride", type=int, default=128, help="QA: tokens shared by consecutive context windows")
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -66,7 +67,8 @@ def register(subparsers: Any) -> None:
     q.add_argument("--input", required=True)
     q.add_argument("--output", required=True)
     q.add_argument("--batch-size", type=_positive_int, default=8)
-    q.add_argument("--truncate", action="store_true")
+    q.add_argument("--truncate", action=argparse.BooleanOptionalAction, default=True,
+                   help="cut over-long inputs with a counted warning (default); --no-truncate makes them an error")
     q.add_argument("--bf16", action="store_true")
     q.add_argument("--device", default="cpu")
     q.set_defaults(func=_run_predict)

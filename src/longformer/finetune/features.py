@@ -56,7 +56,7 @@ class LengthReport:
     longest: int = 0
 
     def check(self, truncate: bool) -> None:
-        """Raise (without ``--truncate``) or warn (with it) when inputs exceeded the model length."""
+        """Raise (``--no-truncate``) or warn with the counts (truncation) when inputs exceeded the model length."""
         if not self.too_long:
             return
         what = (f"{self.too_long} of {self.total} {self.name} examples are longer than max_length="
@@ -66,7 +66,12 @@ class LengthReport:
                 f"{what}. Nothing is cut silently: pass --truncate to keep the first {self.max_length} "
                 f"tokens of each, or use a longer model (longformer convert --max-length N)"
             )
-        warnings.warn(f"{what}; --truncate cut {self.tokens_dropped} tokens in total", stacklevel=2)
+        warnings.warn(
+            f"{what}; truncation kept the first {self.max_length} tokens of each and cut {self.tokens_dropped} "
+            "tokens in total (--no-truncate makes this an error; longformer convert --max-length N makes a "
+            "longer model)",
+            stacklevel=2,
+        )
 
 
 def classification_features(
