@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..attention.layout import per_layer_dilations, per_layer_windows
+
 ACTIVATIONS = ("gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu",
                "swish", "mish", "tanh", "sigmoid", "linear")
 
@@ -97,37 +99,10 @@ class LEDConfig:
         self.attention_dilation = self._per_layer_dilations(self.attention_dilation)
 
     def _per_layer_windows(self, windows: Any) -> list[int]:
-        L = self.encoder_layers
-        if isinstance(windows, int) and not isinstance(windows, bool):
-            windows = [windows] * L
-        if not isinstance(windows, (list, tuple)) or len(windows) != L:
-            raise ValueError(
-                f"attention_window must be an int or a list of encoder_layers={L} one-sided windows, got {windows!r}"
-            )
-        for w in windows:
-            if isinstance(w, bool) or not isinstance(w, int) or w < 0:
-                raise ValueError(f"attention_window values must be ints >= 0 (one-sided w), got {windows!r}")
-        return list(windows)
+        return per_layer_windows(windows, self.encoder_layers, "encoder_layers")
 
     def _per_layer_dilations(self, dilations: Any) -> list[int | list[int]]:
-        L, H = self.encoder_layers, self.encoder_attention_heads
-        if isinstance(dilations, int) and not isinstance(dilations, bool):
-            dilations = [dilations] * L
-        if not isinstance(dilations, (list, tuple)) or len(dilations) != L:
-            raise ValueError(
-                f"attention_dilation must be an int or a list of encoder_layers={L} entries, got {dilations!r}"
-            )
-        out: list[int | list[int]] = []
-        for d in dilations:
-            values = [d] if isinstance(d, int) and not isinstance(d, bool) else d
-            if isinstance(d, (list, tuple)) and len(d) != H:
-                raise ValueError(f"a per-head attention_dilation entry needs encoder_attention_heads={H} values, got {d!r}")
-            if not isinstance(values, (list, tuple)) or any(
-                isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in values
-            ):
-                raise ValueError(f"attention_dilation values must be ints >= 1, got {dilations!r}")
-            out.append(d if isinstance(d, int) else list(d))
-        return out
+        return per_layer_dilations(dilations, self.encoder_layers, self.encoder_attention_heads, "encoder_layers", "encoder_attention_heads")
 
     @property
     def eos_token_ids(self) -> list[int]:
