@@ -54,8 +54,8 @@ def sliding_window_attention(
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     # Under torch.compile, value checks and value-dependent shortcuts would break the graph.
     tracing = torch.compiler.is_compiling()
-    key_valid = _check_mask("attention_mask", attention_mask, B, T, q.device, check_values=not tracing)
-    is_global = _check_mask("global_attention_mask", global_attention_mask, B, T, q.device, check_values=not tracing)
+    key_valid = check_mask("attention_mask", attention_mask, B, T, q.device, check_values=not tracing)
+    is_global = check_mask("global_attention_mask", global_attention_mask, B, T, q.device, check_values=not tracing)
     if not tracing:
         if is_global is not None and not bool(is_global.any()):
             is_global = None  # no global token anywhere: the plain band is exact and cheaper
@@ -132,10 +132,15 @@ def _check_dilation(dilation: int | Sequence[int], H: int) -> tuple[int, ...]:
     return values
 
 
-def _check_mask(
+def check_mask(
     name: str, mask: torch.Tensor | None, B: int, T: int, device: torch.device, check_values: bool = True
 ) -> torch.Tensor | None:
-    """Return the mask as a bool (B, T) tensor on q's device, or None."""
+    """A bool or 0/1 (B, T) mask -> bool on ``device`` (None stays None); errors name the argument.
+
+    Shared by every entry point that takes masks (the attention core, the encoder, the LED), so that
+    they accept the same inputs and say the same things about bad ones. ``check_values=False`` skips
+    the value check, which would break a torch.compile graph.
+    """
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..attention.api import check_mask
 from .config import LongformerConfig
 
 
@@ -33,22 +34,6 @@ def _length_error(config: LongformerConfig, T: int) -> ValueError:
         f"(max_position_embeddings={config.max_position_embeddings}, {config.position_embedding_style}-style "
         "positions). `longformer convert SRC DST --max-length N` makes a model with a longer position table."
     )
-
-
-def _bool_mask(name: str, mask: torch.Tensor | None, shape: tuple[int, int], device: torch.device,
-               check_values: bool) -> torch.Tensor | None:
-    if mask is None:
-        return None
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, T)={shape}, got {type(mask).__name__}")
-    if tuple(mask.shape) != shape:
-        raise ValueError(f"{name} must have shape (B, T)={shape} like the input, got {tuple(mask.shape)}")
-    if mask.dtype != torch.bool:
-        if check_values and not bool(((mask == 0) | (mask == 1)).all()):
-            bad = mask[(mask != 0) & (mask != 1)].flatten()[:5].tolist()
-            raise ValueError(f"{name} must hold only 0 and 1, found values such as {bad}")
-        mask = mask != 0
-    return mask.to(device)
 
 
 def _ids(name: str, ids: torch.Tensor | None, shape: tuple[int, int], upper: int, check_values: bool,
@@ -97,8 +82,8 @@ def prepare_inputs(
         raise ValueError("the input must hold at least one token, got T=0")
     if T > config.max_length:
         raise _length_error(config, T)
-    valid = _bool_mask("attention_mask", attention_mask, shape, device, check)
-    is_global = _bool_mask("global_attention_mask", global_attention_mask, shape, device, check)
+    valid = check_mask("attention_mask", attention_mask, *shape, device, check_values=check)
+    is_global = check_mask("global_attention_mask", global_attention_mask, *shape, device, check_values=check)
     if valid is not None and is_global is not None:
         is_global = is_global & valid  # a padded token is never global (as in transformers)
     token_type_ids = _ids("token_type_ids", token_type_ids, shape, config.type_vocab_size, check,

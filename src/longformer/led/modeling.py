@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attention.api import check_mask
 from ..encoder.attention import LongformerSelfAttention
 from .config import LEDConfig
 from .decoder import LEDDecoder
@@ -152,8 +153,8 @@ class LEDModel(nn.Module):
                 f"max_encoder_position_embeddings={self.encoder.max_positions}: shorten the input, or make a "
                 f"longer model with `longformer convert` (led.from_bart.bart_to_led(..., max_length=...))"
             )
-        attention_mask = _check_mask("attention_mask", attention_mask, B, T, input_ids.device)
-        global_mask = _check_mask("global_attention_mask", global_attention_mask, B, T, input_ids.device)
+        attention_mask = check_mask("attention_mask", attention_mask, B, T, input_ids.device)
+        global_mask = check_mask("global_attention_mask", global_attention_mask, B, T, input_ids.device)
         if global_mask is None:
             global_mask = first_token_global(attention_mask, B, T, input_ids.device)
         hidden = self.encoder(input_ids, attention_mask, global_mask)
@@ -175,7 +176,7 @@ class LEDModel(nn.Module):
             decoder_input_ids = shift_tokens_right(input_ids, self.config.pad_token_id, self.config.decoder_start_token_id)
         _check_ids("decoder_input_ids", decoder_input_ids, self.config.vocab_size)
         N, t = decoder_input_ids.shape
-        dec_mask = _check_mask("decoder_attention_mask", decoder_attention_mask, N, t, decoder_input_ids.device)
+        dec_mask = check_mask("decoder_attention_mask", decoder_attention_mask, N, t, decoder_input_ids.device)
         enc = encoder_outputs
         if enc.last_hidden_state.shape[0] != N:
             raise ValueError(
@@ -306,16 +307,3 @@ def _check_ids(name: str, ids: torch.Tensor, vocab_size: int) -> None:
         raise ValueError(f"{name} holds ids outside the vocabulary [0, {vocab_size}): e.g. {bad}")
 
 
-def _check_mask(name: str, mask: torch.Tensor | None, B: int, T: int, device: torch.device) -> torch.Tensor | None:
-    """A 0/1 or bool (B, T) mask -> bool on device (None stays None)."""
-    if mask is None:
-        return None
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, T)=({B}, {T}), got {type(mask).__name__}")
-    if tuple(mask.shape) != (B, T):
-        raise ValueError(f"{name} must have shape (B, T)=({B}, {T}), got {tuple(mask.shape)}")
-    if mask.dtype != torch.bool:
-        if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
-            raise ValueError(f"{name} must hold only 0 and 1 (or be bool), got values like {mask.flatten()[:5].tolist()}")
-        mask = mask != 0
-    return mask.to(device)
