@@ -46,3 +46,16 @@ def per_layer_dilations(
             raise ValueError(f"attention_dilation values must be ints >= 1, got {dilations!r}")
         out.append(d if isinstance(d, int) else list(d))
     return out
+
+
+def one_sided_from_hf(hf_window: Any) -> int | list[int]:
+    """Hugging Face's two-sided, even ``attention_window`` (an int or a list) -> the one-sided w here."""
+    values = [hf_window] if isinstance(hf_window, int) and not isinstance(hf_window, bool) else hf_window
+    if not isinstance(values, (list, tuple)) or any(
+        isinstance(v, bool) or not isinstance(v, int) or v < 0 or v % 2 for v in values
+    ):
+        raise ValueError(
+            "config.json attention_window is Hugging Face's two-sided size: it must be an even int >= 0 or a "
+            f"list of them, got {hf_window!r}"
+        )
+    return values[0] // 2 if isinstance(hf_window, int) else [v // 2 for v in values]

@@ -36,10 +36,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 PEERS = ("sdpa-dense", "transformers", "local-attention", "flex")
 WORKER = "from longformer.bench.attention import _worker; _worker()"

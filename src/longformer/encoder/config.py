@@ -8,12 +8,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..attention.layout import per_layer_dilations, per_layer_windows
+from .._files import atomic_write_bytes
+from ..attention.layout import one_sided_from_hf, per_layer_dilations, per_layer_windows
 from .activations import ACTIVATIONS
 
 POSITION_STYLES = ("roberta", "bert")
@@ -144,7 +144,7 @@ class LongformerConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         d = {**HF_DEFAULTS, **d}  # a key the file omits means what it means to transformers
         kwargs = {k: v for k, v in d.items() if k in fields}
-        kwargs["attention_window"] = _one_sided(d["attention_window"])
+        kwargs["attention_window"] = one_sided_from_hf(d["attention_window"])
         if kwargs.get("pad_token_id") is None:
             raise ValueError("config.json has pad_token_id null: roberta-style positions need a padding id")
         if kwargs.get("id2label") is not None:
@@ -250,30 +250,3 @@ class LongformerConfig:
 
 def _default_labels(n: int) -> dict[int, str]:
     return {i: f"LABEL_{i}" for i in range(n)}
-
-
-def _one_sided(hf_window: Any) -> int | list[int]:
-    """HF two-sided even `attention_window` (int or list) -> one-sided w."""
-    values = [hf_window] if isinstance(hf_window, int) else hf_window
-    if not isinstance(values, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
-        raise ValueError(f"config.json attention_window must be an int or a list of ints, got {hf_window!r}")
-    odd = [v for v in values if v % 2 or v < 0]
-    if odd:
-        raise ValueError(
-            f"config.json attention_window is Hugging Face's two-sided size and must be even and >= 0, got {hf_window!r}"
-        )
-    return hf_window // 2 if isinstance(hf_window, int) else [v // 2 for v in values]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory and os.replace, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import LongformerConfig, atomic_write_bytes
+from .._files import atomic_write_bytes
+from .config import LongformerConfig
 
 # Foreign key -> our key: prefix renames, then suffix renames. Reverse them to read our names elsewhere.
 PREFIX_RENAMES = {"roberta.": "longformer."}  # early allenai checkpoints were RobertaForMaskedLM-shaped

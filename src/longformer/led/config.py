@@ -8,12 +8,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..attention.layout import per_layer_dilations, per_layer_windows
+from .._files import atomic_write_text
+from ..attention.layout import one_sided_from_hf, per_layer_dilations, per_layer_windows
 
 ACTIVATIONS = ("gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu",
                "swish", "mish", "tanh", "sigmoid", "linear")
@@ -122,7 +122,7 @@ class LEDConfig:
         names = {f.name for f in dataclasses.fields(cls)} - {"extra", "attention_window", "attention_dilation"}
         kwargs: dict[str, Any] = {k: d[k] for k in names if k in d}
         hf_window = d.get("attention_window", 1024)
-        kwargs["attention_window"] = _one_sided(hf_window)
+        kwargs["attention_window"] = one_sided_from_hf(hf_window)
         if "attention_dilation" in d:  # our extension; transformers has no dilation
             kwargs["attention_dilation"] = d["attention_dilation"]
         skip = names | {"attention_window", "attention_dilation", "model_type", "num_hidden_layers",
@@ -159,31 +159,3 @@ class LEDConfig:
         path = Path(directory) / "config.json"
         atomic_write_text(path, json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n")
         return path
-
-
-def _one_sided(hf_window: Any) -> int | list[int]:
-    values = [hf_window] if isinstance(hf_window, int) and not isinstance(hf_window, bool) else hf_window
-    if not isinstance(values, (list, tuple)) or any(
-        isinstance(v, bool) or not isinstance(v, int) or v < 0 or v % 2 for v in values
-    ):
-        raise ValueError(
-            f"config.json attention_window must be an even int >= 0 or a list of them (two-sided, as in "
-            f"transformers), got {hf_window!r}"
-        )
-    if isinstance(hf_window, int):
-        return hf_window // 2
-    return [v // 2 for v in hf_window]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file via a temporary file + os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import GENERATION_KEYS, UNSUPPORTED_GENERATION, LEDConfig, atomic_write_text
-from .modeling import LEDForConditionalGeneration, LEDModel
+from .._files import atomic_write_text
+from .config import GENERATION_KEYS, UNSUPPORTED_GENERATION, LEDConfig
+from .modeling import LEDForConditionalGeneration
 
 TIED_KEYS = ("led.shared.weight", "led.encoder.embed_tokens.weight", "led.decoder.embed_tokens.weight", "lm_head.weight")
 TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")

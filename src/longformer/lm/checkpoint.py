@@ -6,13 +6,12 @@ sampler states, step, phase); DIR/config.json is the human-readable model and tr
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from .._files import atomic_write
 from .config import LMConfig, Phase, TrainConfig
 from .model import LongformerLM
 
@@ -20,19 +19,6 @@ CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call write(file_object) on a temp file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def train_config_to_dict(cfg: TrainConfig) -> dict:
@@ -50,9 +36,9 @@ def train_config_from_dict(d: dict) -> TrainConfig:
 
 def save_run(out: Path, state: dict, model_cfg: LMConfig, train_cfg: TrainConfig, extra: dict) -> None:
     """Write checkpoint.pt (the full ``state``) and config.json, each atomically."""
-    atomic_write_bytes(out / CHECKPOINT, lambda f: torch.save(state, f))
+    atomic_write(out / CHECKPOINT, lambda f: torch.save(state, f))
     meta = {"model": model_cfg.to_dict(), "train": train_config_to_dict(train_cfg), **extra}
-    atomic_write_bytes(out / CONFIG, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    atomic_write(out / CONFIG, lambda f: f.write(json.dumps(meta, indent=2).encode()))
 
 
 def load_state(directory: str | Path) -> dict:

@@ -21,7 +21,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import atomic_write_bytes, load_state, save_run, train_config_from_dict, train_config_to_dict
+from .._files import atomic_write
+from .checkpoint import load_state, save_run, train_config_from_dict, train_config_to_dict
 from .config import LMConfig, Phase, Preset, TrainConfig, linear_windows
 from .data import SymbolStream
 from .evaluate import evaluate_bpc
@@ -284,5 +285,5 @@ def plot_log(log_path: Path, png_path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    atomic_write_bytes(png_path, lambda f: fig.savefig(f, format="png", dpi=100))
+    atomic_write(png_path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
