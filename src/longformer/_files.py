@@ -30,3 +30,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def cache_root(explicit: str | os.PathLike | None = None) -> Path:
+    """Where longformer keeps what it makes once and reuses (converted models, compiled kernels,
+    datasets): ``explicit``, else $LONGFORMER_CACHE, else $XDG_CACHE_HOME/longformer, else
+    ~/.cache/longformer."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get("LONGFORMER_CACHE"):
+        return Path(os.environ["LONGFORMER_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "longformer"

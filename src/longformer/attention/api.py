@@ -7,7 +7,7 @@ import torch
 
 from .reference import reference_attention
 
-IMPLS = ("auto", "reference", "blocked")
+IMPLS = ("auto", "reference", "blocked", "compiled")
 
 
 def sliding_window_attention(
@@ -39,8 +39,11 @@ def sliding_window_attention(
             every query attends every global key, with the same q/k/v; a global key inside a
             window is counted once. Each batch element may have its own number of global tokens.
         scale: multiplier of ``q @ k^T``; default ``D ** -0.5``.
-        impl: ``"auto"`` (fastest correct choice), ``"reference"`` (dense O(T^2) spec) or
-            ``"blocked"`` (memory-linear blocked kernel, forward and backward).
+        impl: ``"auto"`` (fastest correct choice), ``"reference"`` (dense O(T^2) spec),
+            ``"blocked"`` (memory-linear blocked kernel in PyTorch, any device and dtype) or
+            ``"compiled"`` (the fused C++ CPU kernel, built with the system compiler on first use and
+            cached; fp32/bf16/fp16). ``"auto"`` uses the compiled kernel on the CPU when it builds,
+            and falls back to the blocked kernel where it cannot.
 
     Returns:
         (B, H, T, D) in q's dtype. A row with nothing to attend is 0, never NaN. Softmax statistics
@@ -66,19 +69,29 @@ def sliding_window_attention(
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
-        impl = _choose_impl(B, H, T, window, dilations)
+        impl = _choose_impl(q, window, dilations)
     if impl == "reference":
         return reference_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale)
+    if impl == "compiled":
+        from .compiled import compiled_attention
+
+        return compiled_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale)
     from .blocked import blocked_attention
 
     return blocked_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale)
 
 
-def _choose_impl(B: int, H: int, T: int, window: int, dilations: tuple[int, ...]) -> str:
-    # Measured (docs/attention.md, fwd+bwd, D=64, H=12, w in {16, 256}): the dense reference wins up
-    # to T=256, where its T x T scores are small and the blocked kernel's fixed per-call work
-    # (packing, masks, a few dozen small ops) dominates; from T=512 the blocked kernel wins and its
-    # memory stays linear. The element cap keeps the reference's (B, H, T, T) scores <= 64 MB.
+def _choose_impl(q: torch.Tensor, window: int, dilations: tuple[int, ...]) -> str:
+    B, H, T, _ = q.shape
+    if torch.compiler.is_compiling():
+        return "reference"  # the fast kernels plan with data-dependent shapes; the spec traces
+    from . import compiled
+
+    if compiled.supports(q) and compiled.available():
+        return "compiled"
+    # Measured (docs/attention.md, fwd+bwd, D=64, H=12, w in {16, 256}): the dense reference wins
+    # over the PyTorch blocked kernel up to T=256, where its T x T scores are small and the blocked
+    # kernel's fixed per-call work dominates. The element cap keeps the scores <= 64 MB.
     if T <= 256 and B * H * T * T <= 2**24:
         return "reference"
     return "blocked"

@@ -187,7 +187,7 @@ def _global_forward(plan: _Plan, b, idx, q, k, v, out, lse) -> None:
     """All heads of batch element b, (H, T, D): merge part 2 into (out, lse) in place, then
     overwrite the global rows (part 3)."""
     T = q.shape[1]
-    to_glob, from_glob = _global_masks(plan, b, idx, T)
+    to_glob, _ = _global_masks(plan, b, idx, T)
     kg, vg = k[:, idx], v[:, idx]  # (H, G, D)
     s = _scores(plan, q, kg, to_glob)  # (H, T, G)
     lg = torch.logsumexp(s, dim=-1)
@@ -197,9 +197,15 @@ def _global_forward(plan: _Plan, b, idx, q, k, v, out, lse) -> None:
     wg = (lg - _safe(new)).exp_()[..., None]
     out.copy_(out.to(plan.stat).mul_(wb).add_(og.to(plan.stat).mul_(wg)))
     lse.copy_(new)
+    global_rows_forward(plan, b, idx, q, k, v, out, lse)
+
+
+def global_rows_forward(plan: _Plan, b, idx, q, k, v, out, lse) -> None:
+    """Part 3 for batch element b, (H, T, D): the global rows as full attention over every key."""
+    _, from_glob = _global_masks(plan, b, idx, q.shape[1])
     s = _scores(plan, q[:, idx], k, from_glob)  # (H, G, T)
     lr = torch.logsumexp(s, dim=-1)
-    out[:, idx] = s.sub_(_safe(lr)[..., None]).exp_().to(v.dtype) @ v
+    out[:, idx] = (s.sub_(_safe(lr)[..., None]).exp_().to(v.dtype) @ v).to(out.dtype)
     lse[:, idx] = lr
 
 
@@ -208,19 +214,26 @@ def _global_backward(plan: _Plan, b, idx, q, k, v, lse, do, delta, do_loc, delta
     T = q.shape[1]
     st, scale = plan.stat, plan.scale
     # scores recomputed as in forward, every other product in the statistics dtype (see band_backward)
-    to_glob, from_glob = _global_masks(plan, b, idx, T)
+    to_glob, _ = _global_masks(plan, b, idx, T)
     s_glob = _scores(plan, q, k[:, idx], to_glob)  # (H, T, G)
-    s_rows = _scores(plan, q[:, idx], k, from_glob)  # (H, G, T)
-    q, k, v, do, do_loc = (t.to(st) for t in (q, k, v, do, do_loc))
-    kg, vg = k[:, idx], v[:, idx]
+    qs, ks, vs, dos = (t.to(st) for t in (q, k, v, do_loc))
+    kg, vg = ks[:, idx], vs[:, idx]
     p = s_glob.sub_(_safe(lse)[..., None]).exp_()
-    dv.index_add_(1, idx, p.transpose(-1, -2) @ do_loc)
-    ds = (do_loc @ vg.transpose(-1, -2)).sub_(delta_loc[..., None]).mul_(p)
+    dv.index_add_(1, idx, p.transpose(-1, -2) @ dos)
+    ds = (dos @ vg.transpose(-1, -2)).sub_(delta_loc[..., None]).mul_(p)
     dq.add_(ds @ kg, alpha=scale)
-    dk.index_add_(1, idx, ds.transpose(-1, -2) @ q, alpha=scale)
-    qg, dog = q[:, idx], do[:, idx]
+    dk.index_add_(1, idx, ds.transpose(-1, -2) @ qs, alpha=scale)
+    global_rows_backward(plan, b, idx, q, k, v, lse, do, delta, dq, dk, dv)
+
+
+def global_rows_backward(plan: _Plan, b, idx, q, k, v, lse, do, delta, dq, dk, dv) -> None:
+    """Add the gradients of part 3 (the global rows) of batch element b to the accumulators."""
+    st, scale = plan.stat, plan.scale
+    _, from_glob = _global_masks(plan, b, idx, q.shape[1])
+    s_rows = _scores(plan, q[:, idx], k, from_glob)  # (H, G, T)
+    qg, kf, vf, dog = q[:, idx].to(st), k.to(st), v.to(st), do[:, idx].to(st)
     p = s_rows.sub_(_safe(lse[:, idx])[..., None]).exp_()
     dv.add_(p.transpose(-1, -2) @ dog)
-    ds = (dog @ v.transpose(-1, -2)).sub_(delta[:, idx][..., None]).mul_(p)
-    dq.index_add_(1, idx, ds @ k, alpha=scale)
+    ds = (dog @ vf.transpose(-1, -2)).sub_(delta[:, idx][..., None]).mul_(p)
+    dq.index_add_(1, idx, ds @ kf, alpha=scale)
     dk.add_(ds.transpose(-1, -2) @ qg, alpha=scale)

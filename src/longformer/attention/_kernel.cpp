@@ -1,0 +1,460 @@
+// Fused Longformer band attention for the CPU: parts 1 (the sliding window) and 2 (every row
+// attends the global keys) of blocked.py, forward and backward, in one pass over query blocks.
+//
+// Plain C++ with no torch headers: it compiles in about a second with g++ -O3 -march=native
+// -fopenmp and is loaded with ctypes (see _native.py). Tensors arrive as raw fp32 pointers of
+// contiguous (B, H, T, D) arrays.
+//
+// A head with dilation r is r independent undilated sequences (rows m, m + r, m + 2r, ...): the
+// kernel walks them with a row stride of r * D, so dilation costs no copy. Each sequence is cut
+// into blocks of c query rows. Block n of a sequence needs the keys [n*c - left, n*c - left + L)
+// with L = c + left + right; its scores are kept TRANSPOSED, St (L x c): row l = key, column a =
+// query, so that the softmax over keys runs down columns, vectorised across c queries. Key l is in
+// the band of query a iff 0 <= l - a <= left + right. Tiles of St that lie wholly outside the band
+// are never computed.
+//
+// Every product is one register-blocked micro-kernel, C (MR x NR) += A (MR x K) * B (K x NR), with
+// A read at any (row, column) strides (broadcast) and B read as rows of NR contiguous floats.
+// Work items are (sequence, range of blocks); when there are fewer sequences than threads a
+// sequence is cut into several ranges, whose key-gradient edges are merged under a lock.
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <vector>
+
+#if defined(__AVX512F__)
+#define VW 16
+#else
+#define VW 8
+#endif
+#define MR 6
+#define NR (2 * VW)
+
+typedef float vf __attribute__((vector_size(VW * 4)));
+typedef int32_t vi __attribute__((vector_size(VW * 4)));
+
+static inline vf vld(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void vst(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vf vset(float x) { vf v = {}; return v + x; }
+static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+
+static const float NEG_INF = -INFINITY;
+
+// exp(x) for x <= ~0 (scores minus their maximum or log-sum-exp): exactly 0 below -87 and for -inf.
+// Range reduction x = n ln2 + r, |r| <= ln2 / 2, then a degree-6 Taylor polynomial (relative error
+// ~2e-7, below fp32 rounding of the sums it feeds).
+static inline vf vexp(vf x) {
+    const vf lo = vset(-87.0f), hi = vset(88.0f);
+    vf xc = x < lo ? lo : x;
+    xc = xc > hi ? hi : xc;
+    const vf magic = vset(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+    vf n = (xc * vset(1.44269504088896341f) + magic) - magic;
+    vf r = xc - n * vset(0.693359375f);
+    r = r - n * vset(-2.12194440e-4f);
+    vf p = vset(1.0f / 720);
+    p = p * r + vset(1.0f / 120);
+    p = p * r + vset(1.0f / 24);
+    p = p * r + vset(1.0f / 6);
+    p = p * r + vset(0.5f);
+    p = p * r + vset(1.0f);
+    p = p * r + vset(1.0f);
+    vi e = __builtin_convertvector(n, vi) << 23;
+    vf y = (vf)((vi)p + e);
+    return x < lo ? vset(0.0f) : y;
+}
+
+// C[i][0:NR] (+)= sum_p A(i, p) * B[p][0:NR] for i < mr, A(i, p) = A[i * ars + p * acs].
+// Rows mr..MR-1 of A are read (callers keep them in bounds) and their results dropped.
+static void kernel(long K, const float *A, long ars, long acs, const float *B, long ldb, float *C, long ldc,
+                   int mr, bool accumulate) {
+    vf c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {};
+    vf c30 = {}, c31 = {}, c40 = {}, c41 = {}, c50 = {}, c51 = {};
+    const float *a1 = A + ars, *a2 = A + 2 * ars, *a3 = A + 3 * ars, *a4 = A + 4 * ars, *a5 = A + 5 * ars;
+    for (long p = 0; p < K; p++) {
+        const vf b0 = vld(B), b1 = vld(B + VW);
+        const long o = p * acs;
+        vf a;
+        a = vset(A[o]);  c00 += a * b0; c01 += a * b1;
+        a = vset(a1[o]); c10 += a * b0; c11 += a * b1;
+        a = vset(a2[o]); c20 += a * b0; c21 += a * b1;
+        a = vset(a3[o]); c30 += a * b0; c31 += a * b1;
+        a = vset(a4[o]); c40 += a * b0; c41 += a * b1;
+        a = vset(a5[o]); c50 += a * b0; c51 += a * b1;
+        B += ldb;
+    }
+    const vf rows[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+    for (int i = 0; i < mr; i++) {
+        float *c = C + i * ldc;
+        if (accumulate) {
+            vst(c, vld(c) + rows[i][0]);
+            vst(c + VW, vld(c + VW) + rows[i][1]);
+        } else {
+            vst(c, rows[i][0]);
+            vst(c + VW, rows[i][1]);
+        }
+    }
+}
+
+// C (m x n, n a multiple of NR) (+)= A (m x K) B (K x n), all rows of A in bounds up to m rounded
+// up to MR. Row tile i0 uses only the K range [klo(i0), khi(i0)) (the band), given by the caller.
+template <class Range>
+static void gemm(long m, long n, const float *A, long ars, long acs, const float *B, long ldb, float *C, long ldc,
+                 bool accumulate, Range range) {
+    for (long n0 = 0; n0 < n; n0 += NR)
+        for (long i0 = 0; i0 < m; i0 += MR) {
+            long klo, khi;
+            range(i0, klo, khi);
+            int mr = (int)(m - i0 < MR ? m - i0 : MR);
+            if (khi <= klo) {
+                if (!accumulate)
+                    for (int i = 0; i < mr; i++) memset(C + (i0 + i) * ldc + n0, 0, NR * sizeof(float));
+                continue;
+            }
+            kernel(khi - klo, A + i0 * ars + klo * acs, ars, acs, B + klo * ldb + n0, ldb, C + i0 * ldc + n0, ldc, mr,
+                   accumulate);
+        }
+}
+
+static inline long round_up(long x, long m) { return (x + m - 1) / m * m; }
+static inline long lmin(long a, long b) { return a < b ? a : b; }
+static inline long lmax(long a, long b) { return a > b ? a : b; }
+
+namespace {
+
+struct Problem {
+    long B, H, T, D, Dp, window, causal, block, Gmax;
+    const long *dil;
+    const uint8_t *band_ok;    // (B, T) keys the window may use (valid, not global), or null
+    const uint8_t *key_valid;  // (B, T) or null: validity of global keys
+    const int64_t *gpos;       // (B, Gmax) global positions, ascending; gcount[b] of them used
+    const int64_t *gcount;
+    float scale;
+};
+
+struct Seq {  // one undilated sequence: rows m, m + r, ... of head h of batch element b
+    long b, h, m, r, Tr;
+};
+
+struct Geometry {  // of the blocks of one sequence
+    long left, right, span, c, Lp, nb;
+    Geometry(const Problem &P, long Tr) {
+        left = lmin(P.window, Tr - 1);
+        right = P.causal ? 0 : left;
+        span = left + right;
+        c = lmin(P.block, round_up(Tr, NR));
+        Lp = round_up(c + span, MR);
+        nb = (Tr + c - 1) / c;
+    }
+};
+
+struct Item {
+    long seq, blk0, blk1;
+    bool shared;  // the sequence is split: its key-gradient rows overlap another item's
+};
+
+// Sequences and work items: every sequence, cut into ranges when there are fewer of them than
+// 2 * threads so that every thread has work.
+void plan(const Problem &P, int threads, std::vector<Seq> &seqs, std::vector<Item> &items) {
+    for (long b = 0; b < P.B; b++)
+        for (long h = 0; h < P.H; h++) {
+            long r = lmin(P.dil[h], P.T);
+            for (long m = 0; m < r; m++) seqs.push_back({b, h, m, r, (P.T - m + r - 1) / r});
+        }
+    long want = 2L * threads;
+    for (long s = 0; s < (long)seqs.size(); s++) {
+        Geometry g(P, seqs[s].Tr);
+        long parts = seqs.size() >= (size_t)want ? 1 : lmin(g.nb, (want + (long)seqs.size() - 1) / (long)seqs.size());
+        for (long i = 0; i < parts; i++) items.push_back({s, g.nb * i / parts, g.nb * (i + 1) / parts, parts > 1});
+    }
+}
+
+inline const float *row(const float *x, const Problem &P, const Seq &s, long slot) {
+    return x + ((s.b * P.H + s.h) * P.T + s.m + slot * s.r) * P.D;
+}
+
+// Per-item buffers and the packed keys/values of the item's key range (zero outside the sequence).
+struct Work {
+    const Problem &P;
+    const Seq &s;
+    Geometry g;
+    long first;  // slot of packed row 0
+    long rows;   // packed rows
+    long G, Gp;
+    std::vector<float> Kp, Vp, Kg, Vg;
+    std::vector<uint8_t> kok, gok;
+    std::vector<long> gpos;
+
+    Work(const Problem &P, const Seq &s, const Item &it, const float *k, const float *v)
+        : P(P), s(s), g(P, s.Tr) {
+        first = it.blk0 * g.c - g.left;
+        rows = (it.blk1 - it.blk0 - 1) * g.c + g.Lp;
+        Kp.assign(rows * P.Dp, 0.0f);
+        Vp.assign(rows * P.Dp, 0.0f);
+        kok.assign(rows, 0);
+        for (long i = 0; i < rows; i++) {
+            long j = first + i;
+            if (j < 0 || j >= s.Tr) continue;
+            memcpy(&Kp[i * P.Dp], row(k, P, s, j), P.D * sizeof(float));
+            memcpy(&Vp[i * P.Dp], row(v, P, s, j), P.D * sizeof(float));
+            kok[i] = P.band_ok ? P.band_ok[s.b * P.T + s.m + j * s.r] : 1;
+        }
+        G = P.gcount ? P.gcount[s.b] : 0;
+        Gp = round_up(G, MR);
+        Kg.assign(Gp * P.Dp, 0.0f);
+        Vg.assign(Gp * P.Dp, 0.0f);
+        gok.assign(Gp, 0);
+        gpos.assign(Gp, 0);
+        for (long i = 0; i < G; i++) {
+            long pos = P.gpos[s.b * P.Gmax + i];
+            const float *kr = k + ((s.b * P.H + s.h) * P.T + pos) * P.D;
+            const float *vr = v + ((s.b * P.H + s.h) * P.T + pos) * P.D;
+            memcpy(&Kg[i * P.Dp], kr, P.D * sizeof(float));
+            memcpy(&Vg[i * P.Dp], vr, P.D * sizeof(float));
+            gok[i] = P.key_valid ? P.key_valid[s.b * P.T + pos] : 1;
+            gpos[i] = pos;
+        }
+    }
+
+    // (Dp x c) transpose of the block's rows of x (scaled), and optionally the (c x Dp) copy.
+    void pack_rows(const float *x, long i0, float scale, float *t, float *n) const {
+        const long c = g.c, Dp = P.Dp, D = P.D;
+        memset(t, 0, Dp * c * sizeof(float));
+        if (n) memset(n, 0, c * Dp * sizeof(float));
+        for (long a = 0; a < c && i0 + a < s.Tr; a++) {
+            const float *src = row(x, P, s, i0 + a);
+            for (long d = 0; d < D; d++) t[d * c + a] = src[d] * scale;
+            if (n)
+                for (long d = 0; d < D; d++) n[a * Dp + d] = src[d] * scale;
+        }
+    }
+
+    // St (Lp x c) and Sg (Gp x c): masked, scaled scores of block blk (packed window at row w0).
+    void scores(const float *Qt, long w0, long i0, float *St, float *Sg) const {
+        const long c = g.c, Lp = g.Lp, span = g.span, Dp = P.Dp;
+        const float *Kw = &Kp[w0 * Dp];
+        for (long a0 = 0; a0 < c; a0 += NR)
+            for (long l0 = 0; l0 < Lp; l0 += MR) {
+                if (l0 + MR - 1 < a0 || l0 > a0 + NR - 1 + span) continue;  // wholly outside the band
+                kernel(Dp, Kw + l0 * Dp, Dp, 1, Qt + a0, c, St + l0 * c + a0, c, MR, false);
+            }
+        for (long l = 0; l < Lp; l++) {
+            float *srow = St + l * c;
+            if (!kok[w0 + l]) {
+                for (long a = 0; a < c; a++) srow[a] = NEG_INF;
+                continue;
+            }
+            long lo = lmax(0, l - span), hi = lmin(c - 1, l);
+            for (long a = 0; a < lo; a++) srow[a] = NEG_INF;
+            for (long a = hi + 1; a < c; a++) srow[a] = NEG_INF;
+        }
+        if (!G) return;
+        gemm(Gp, c, Kg.data(), Dp, 1, Qt, c, Sg, c, false, [&](long, long &lo, long &hi) { lo = 0, hi = Dp; });
+        for (long i = 0; i < Gp; i++) {
+            float *srow = Sg + i * c;
+            if (i >= G || !gok[i]) {
+                for (long a = 0; a < c; a++) srow[a] = NEG_INF;
+            } else if (P.causal) {  // query at position m + (i0 + a) r sees the global key iff it is not earlier
+                for (long a = 0; a < c; a++)
+                    if (s.m + (i0 + a) * s.r < gpos[i]) srow[a] = NEG_INF;
+            }
+        }
+    }
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// forward
+
+static void forward_item(const Problem &P, const Seq &s, const Item &it, const float *q, const float *k,
+                         const float *v, float *out, float *lse) {
+    Work w(P, s, it, k, v);
+    const long c = w.g.c, Lp = w.g.Lp, span = w.g.span, Dp = P.Dp, G = w.G, Gp = w.Gp;
+    std::vector<float> Qt(Dp * c), St(Lp * c + MR), Sg(Gp * c + MR), O(c * Dp), mx(c), sm(c);
+    for (long blk = it.blk0; blk < it.blk1; blk++) {
+        const long i0 = blk * c, w0 = (blk - it.blk0) * c;
+        w.pack_rows(q, i0, P.scale, Qt.data(), nullptr);
+        w.scores(Qt.data(), w0, i0, St.data(), Sg.data());
+        // softmax down the columns, VW queries at a time
+        for (long a0 = 0; a0 < c; a0 += VW) {
+            vf m = vset(NEG_INF);
+            for (long l = 0; l < Lp; l++) m = vmax(m, vld(&St[l * c + a0]));
+            for (long i = 0; i < G; i++) m = vmax(m, vld(&Sg[i * c + a0]));
+            const vf base = m == vset(NEG_INF) ? vset(0.0f) : m;  // empty column: every p = 0
+            vf sum = {};
+            for (long l = 0; l < Lp; l++) {
+                vf p = vexp(vld(&St[l * c + a0]) - base);
+                vst(&St[l * c + a0], p);
+                sum += p;
+            }
+            for (long i = 0; i < G; i++) {
+                vf p = vexp(vld(&Sg[i * c + a0]) - base);
+                vst(&Sg[i * c + a0], p);
+                sum += p;
+            }
+            vst(&mx[a0], m);
+            vst(&sm[a0], sum);
+        }
+        // O = P V over the band rows of each query tile, plus the global keys
+        const float *Vw = &w.Vp[w0 * Dp];
+        gemm(c, Dp, St.data(), 1, c, Vw, Dp, O.data(), Dp, false, [&](long a0, long &lo, long &hi) {
+            lo = a0, hi = lmin(Lp, a0 + MR + span);
+        });
+        if (G) gemm(c, Dp, Sg.data(), 1, c, w.Vg.data(), Dp, O.data(), Dp, true, [&](long, long &lo, long &hi) {
+            lo = 0, hi = G;
+        });
+        (void)Gp;
+        for (long a = 0; a < c && i0 + a < s.Tr; a++) {
+            const long pos = s.m + (i0 + a) * s.r;
+            float *dst = out + ((s.b * P.H + s.h) * P.T + pos) * P.D;
+            const float inv = sm[a] > 0 ? 1.0f / sm[a] : 0.0f;
+            for (long d = 0; d < P.D; d++) dst[d] = O[a * Dp + d] * inv;
+            lse[(s.b * P.H + s.h) * P.T + pos] = sm[a] > 0 ? mx[a] + logf(sm[a]) : NEG_INF;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// backward
+
+static void backward_item(const Problem &P, const Seq &s, const Item &it, const float *q, const float *k,
+                          const float *v, const float *dout, const float *lse, const float *delta, float *dq,
+                          float *dk, float *dv) {
+    Work w(P, s, it, k, v);
+    const long c = w.g.c, Lp = w.g.Lp, span = w.g.span, Dp = P.Dp, G = w.G, Gp = w.Gp;
+    std::vector<float> Qt(Dp * c), Qb(c * Dp), dOt(Dp * c), dOb(c * Dp), St(Lp * c + MR), dSt(Lp * c + MR),
+        Sg(Gp * c + MR), dSg(Gp * c + MR), dQ(c * Dp), L(c), Dl(c);
+    std::vector<float> dKp(w.rows * Dp, 0.0f), dVp(w.rows * Dp, 0.0f), dKg(Gp * Dp, 0.0f), dVg(Gp * Dp, 0.0f);
+    const long head = (s.b * P.H + s.h) * P.T;
+    for (long blk = it.blk0; blk < it.blk1; blk++) {
+        const long i0 = blk * c, w0 = (blk - it.blk0) * c;
+        w.pack_rows(q, i0, P.scale, Qt.data(), Qb.data());
+        w.pack_rows(dout, i0, 1.0f, dOt.data(), dOb.data());
+        for (long a = 0; a < c; a++) {
+            L[a] = 0.0f, Dl[a] = 0.0f;
+            if (i0 + a < s.Tr) {
+                const long pos = s.m + (i0 + a) * s.r;
+                L[a] = lse[head + pos] == NEG_INF ? 0.0f : lse[head + pos];  // empty row: every p = 0
+                Dl[a] = delta[head + pos];
+            }
+        }
+        w.scores(Qt.data(), w0, i0, St.data(), Sg.data());
+        const float *Kw = &w.Kp[w0 * Dp], *Vw = &w.Vp[w0 * Dp];
+        // dPt = Vw dO^T on the band tiles; the rest stays unset and is masked by p = 0 below
+        for (long a0 = 0; a0 < c; a0 += NR)
+            for (long l0 = 0; l0 < Lp; l0 += MR) {
+                if (l0 + MR - 1 < a0 || l0 > a0 + NR - 1 + span) continue;
+                kernel(Dp, Vw + l0 * Dp, Dp, 1, dOt.data() + a0, c, &dSt[l0 * c + a0], c, MR, false);
+            }
+        if (G) gemm(Gp, c, w.Vg.data(), Dp, 1, dOt.data(), c, dSg.data(), c, false, [&](long, long &lo, long &hi) {
+            lo = 0, hi = Dp;
+        });
+        // P = exp(S - lse), dS = P (dP - delta), zero wherever P is (bitwise, so unset dP never leaks)
+        for (long a0 = 0; a0 < c; a0 += VW) {
+            const vf lv = vld(&L[a0]), dl = vld(&Dl[a0]);
+            for (long l = 0; l < Lp; l++) {
+                vf p = vexp(vld(&St[l * c + a0]) - lv);
+                vst(&St[l * c + a0], p);
+                vi keep = p != vset(0.0f);
+                vst(&dSt[l * c + a0], (vf)((vi)(p * (vld(&dSt[l * c + a0]) - dl)) & keep));
+            }
+            for (long i = 0; i < Gp; i++) {
+                vf p = vexp(vld(&Sg[i * c + a0]) - lv);
+                vst(&Sg[i * c + a0], p);
+                vi keep = p != vset(0.0f);
+                vst(&dSg[i * c + a0], (vf)((vi)(p * (vld(&dSg[i * c + a0]) - dl)) & keep));
+            }
+        }
+        // key rows: dV += P dO, dK += dS (scale q); query tiles: dQ = dS^T K (scaled at the end)
+        auto band_queries = [&](long l0, long &lo, long &hi) { lo = lmax(0, l0 - span), hi = lmin(c, l0 + MR); };
+        gemm(Lp, Dp, St.data(), c, 1, dOb.data(), Dp, &dVp[w0 * Dp], Dp, true, band_queries);
+        gemm(Lp, Dp, dSt.data(), c, 1, Qb.data(), Dp, &dKp[w0 * Dp], Dp, true, band_queries);
+        gemm(c, Dp, dSt.data(), 1, c, Kw, Dp, dQ.data(), Dp, false, [&](long a0, long &lo, long &hi) {
+            lo = a0, hi = lmin(Lp, a0 + MR + span);
+        });
+        if (G) {
+            auto all = [&](long, long &lo, long &hi) { lo = 0, hi = c; };
+            gemm(Gp, Dp, Sg.data(), c, 1, dOb.data(), Dp, dVg.data(), Dp, true, all);
+            gemm(Gp, Dp, dSg.data(), c, 1, Qb.data(), Dp, dKg.data(), Dp, true, all);
+            gemm(c, Dp, dSg.data(), 1, c, w.Kg.data(), Dp, dQ.data(), Dp, true, [&](long, long &lo, long &hi) {
+                lo = 0, hi = G;
+            });
+        }
+        for (long a = 0; a < c && i0 + a < s.Tr; a++) {
+            float *dst = dq + (head + s.m + (i0 + a) * s.r) * P.D;
+            for (long d = 0; d < P.D; d++) dst[d] = dQ[a * Dp + d] * P.scale;
+        }
+    }
+    // scatter the key gradients: rows of a split sequence overlap its neighbours', and global keys are
+    // shared by every sequence of their head
+    auto scatter = [&]() {
+        for (long i = 0; i < w.rows; i++) {
+            long j = w.first + i;
+            // rows the band never uses (padding, global keys) have zero gradient here; skipping them also
+            // keeps this unlocked path off the global-key rows that other threads update under the lock
+            if (j < 0 || j >= s.Tr || !w.kok[i]) continue;
+            float *gk = dk + (head + s.m + j * s.r) * P.D, *gv = dv + (head + s.m + j * s.r) * P.D;
+            for (long d = 0; d < P.D; d++) gk[d] += dKp[i * Dp + d], gv[d] += dVp[i * Dp + d];
+        }
+    };
+    if (it.shared) {
+#pragma omp critical(longformer_dk)
+        scatter();
+    } else {
+        scatter();
+    }
+    if (G) {
+#pragma omp critical(longformer_dk)
+        for (long i = 0; i < G; i++) {
+            float *gk = dk + (head + w.gpos[i]) * P.D, *gv = dv + (head + w.gpos[i]) * P.D;
+            for (long d = 0; d < P.D; d++) gk[d] += dKg[i * Dp + d], gv[d] += dVg[i * Dp + d];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// entry points (ctypes)
+
+static Problem make_problem(const int64_t *cfg, const uint8_t *band_ok, const uint8_t *key_valid, const int64_t *gpos,
+                            const int64_t *gcount, float scale) {
+    // cfg: B, H, T, D, window, causal, block, Gmax, then H dilations
+    Problem P;
+    P.B = cfg[0], P.H = cfg[1], P.T = cfg[2], P.D = cfg[3], P.window = cfg[4], P.causal = cfg[5], P.block = cfg[6];
+    P.Gmax = cfg[7];
+    P.Dp = round_up(P.D, NR);
+    P.dil = (const long *)(cfg + 8);
+    P.band_ok = band_ok, P.key_valid = key_valid, P.gpos = gpos, P.gcount = gcount, P.scale = scale;
+    return P;
+}
+
+extern "C" {
+
+int lf_simd_width(void) { return VW; }
+
+void lf_band_forward(const int64_t *cfg, const float *q, const float *k, const float *v, float *out, float *lse,
+                     const uint8_t *band_ok, const uint8_t *key_valid, const int64_t *gpos, const int64_t *gcount,
+                     float scale, int threads) {
+    Problem P = make_problem(cfg, band_ok, key_valid, gpos, gcount, scale);
+    std::vector<Seq> seqs;
+    std::vector<Item> items;
+    plan(P, threads, seqs, items);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (long i = 0; i < (long)items.size(); i++) forward_item(P, seqs[items[i].seq], items[i], q, k, v, out, lse);
+}
+
+// dk and dv must be zero on entry; dq is fully written.
+void lf_band_backward(const int64_t *cfg, const float *q, const float *k, const float *v, const float *dout,
+                      const float *lse, const float *delta, float *dq, float *dk, float *dv, const uint8_t *band_ok,
+                      const uint8_t *key_valid, const int64_t *gpos, const int64_t *gcount, float scale, int threads) {
+    Problem P = make_problem(cfg, band_ok, key_valid, gpos, gcount, scale);
+    std::vector<Seq> seqs;
+    std::vector<Item> items;
+    plan(P, threads, seqs, items);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (long i = 0; i < (long)items.size(); i++)
+        backward_item(P, seqs[items[i].seq], items[i], q, k, v, dout, lse, delta, dq, dk, dv);
+}
+}
