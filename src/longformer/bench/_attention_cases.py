@@ -18,6 +18,8 @@ import torch
 def measure(spec: dict) -> dict:
     if spec["impl"] == "gemm":
         return dict(gflops=_gemm_rate(getattr(torch, spec["dtype"])))
+    if spec["impl"] == "build":
+        return _kernel_build()
     torch.manual_seed(0)
     fn, leaves, note, compile_fn = _build(spec)
     if fn is None:
@@ -94,6 +96,26 @@ def _peak_mb(fn: Callable) -> float:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     fn()
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+
+
+def _kernel_build() -> dict:
+    """The compiled kernel's one-time cost: a fresh build into an empty cache, then a load from it."""
+    import os
+    import tempfile
+
+    from longformer.attention import _native
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["LONGFORMER_CACHE"] = tmp
+        st = _native.status()
+        if not st.available:
+            return dict(error=f"not available: {st.reason}")
+        simd = _native.load().lf_simd_width()
+        _native._lib = _native._status = None  # forget it: time loading the cached file
+        t0 = time.perf_counter()
+        again = _native.status()
+        load_ms = 1e3 * (time.perf_counter() - t0)
+        return dict(build_s=st.build_s, load_ms=load_ms, simd=simd, reused=again.build_s is None)
 
 
 def _gemm_rate(dtype: torch.dtype, n: int = 2048) -> float:

@@ -59,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write all results as JSON ('-' for stdout)")
     parser.add_argument("--plot", metavar="FILE.png", help="draw time and memory against T (matplotlib)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per measurement subprocess")
+    parser.add_argument(
+        "--variants", action="store_true",
+        help="instead of the peers: the cost of dilation, causal mode and 1..64 global tokens against the "
+        "plain window, for our implementations, at each --lengths (default 4096)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         window=args.window, heads=args.heads, head_dim=args.head_dim, batch=args.batch, dtype=args.dtype,
         globals=args.globals, dilation=dilation, causal=args.causal, repeats=args.repeats,
     )
+    if args.variants:
+        return _run_variants(args, base, [i for i in impls if i in ours] or ours)
     gemm = [_in_subprocess(dict(base, impl="gemm", T=0), args.timeout)]
     results = []
     jobs = [(impl, T) for T in sorted(args.lengths) for impl in impls]
@@ -90,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         results.append(dict(impl=impl, T=T, **_in_subprocess(dict(base, impl=impl, T=T), args.timeout)))
     gemm.append(_in_subprocess(dict(base, impl="gemm", T=0), args.timeout))
     report = dict(config=base, gemm_gflops=[g.get("gflops") for g in gemm], results=results)
+    if "compiled" in impls:
+        report["kernel_build"] = _in_subprocess(dict(base, impl="build", T=0), args.timeout)
     text = _format(report, ours)
     print(text)
     if args.json:
@@ -100,6 +109,55 @@ def run(args: argparse.Namespace) -> int:
             _write_atomic(args.json, payload)
     if args.plot:
         _plot(report, args.plot)
+    return 0
+
+
+# name, changes to the base spec; dilation: heads 9..12 of 12 dilated (the paper dilates a few heads)
+def _variants(heads: int) -> list[tuple[str, dict]]:
+    dilated = [1] * heads
+    for i, r in zip(range(max(0, heads - 4), heads), (2, 3, 4, 4)):
+        dilated[i] = r
+    return [
+        ("plain window", dict(globals=0)),
+        ("dilation " + ",".join(map(str, dilated)), dict(globals=0, dilation=dilated)),
+        ("causal", dict(globals=0, causal=True)),
+        ("1 global token", dict(globals=1)),
+        ("8 global tokens", dict(globals=8)),
+        ("64 global tokens", dict(globals=64)),
+        ("causal + dilation + 8 globals", dict(globals=8, causal=True, dilation=dilated)),
+    ]
+
+
+def _run_variants(args: argparse.Namespace, base: dict, impls: list[str]) -> int:
+    from tqdm import tqdm
+
+    lengths = args.lengths if args.lengths != [1024, 4096, 16384] else [4096]
+    variants = _variants(args.heads)
+    jobs = [(impl, T, name, change) for impl in impls for T in lengths for name, change in variants]
+    rows = []
+    for impl, T, name, change in tqdm(jobs, desc="bench variants", unit="run", file=sys.stderr):
+        rows.append(dict(impl=impl, T=T, variant=name, **_in_subprocess(dict(base, impl=impl, T=T, **change), args.timeout)))
+    lines = [
+        f"Pattern costs: w={args.window} H={args.heads} D={args.head_dim} B={args.batch} {args.dtype} "
+        f"(median of {args.repeats}); ratio = variant time / plain-window time (goal: dilation, causal <= 1.3; "
+        "globals <= 1.15)",
+        "",
+        f"{'impl':<10} {'T':>6} {'variant':<34} {'fwd ms':>8} {'f+b ms':>8} {'fwd x':>6} {'f+b x':>6}",
+    ]
+    for impl in impls:
+        for T in lengths:
+            group = [r for r in rows if r["impl"] == impl and r["T"] == T]
+            plain = group[0]
+            for r in group:
+                lines.append(
+                    f"{impl:<10} {T:>6} {r['variant']:<34} {_fmt(r.get('fwd_ms')):>8} {_fmt(r.get('fb_ms')):>8} "
+                    f"{_ratio(r.get('fwd_ms'), plain.get('fwd_ms')):>6} {_ratio(r.get('fb_ms'), plain.get('fb_ms')):>6}"
+                    + (f"  {r['error']}" if r.get("error") else "")
+                )
+    print("\n".join(lines))
+    if args.json:
+        payload = json.dumps(dict(config=base, variants=rows), indent=2)
+        print(payload) if args.json == "-" else _write_atomic(args.json, payload)
     return 0
 
 
@@ -140,6 +198,13 @@ def _format(report: dict, ours: list[str]) -> str:
         f"(median of {cfg['repeats']}; peak = RSS rise, inputs excluded)",
         "dense GEMM rate in this run (start, end): " + ", ".join(f"{g:.0f} GFLOP/s" for g in gemm),
     ]
+    build = report.get("kernel_build")
+    if build:
+        lines.append(
+            f"compiled kernel: one-time build {_fmt(build.get('build_s'), ' s')} (fresh, in an empty cache), "
+            f"load from the cache {_fmt(build.get('load_ms'), ' ms')}; SIMD width {build.get('simd')} floats"
+            + (f"; {build['error']}" if build.get("error") else "")
+        )
     by = {(r["impl"], r["T"]): r for r in results}
     lengths = sorted({r["T"] for r in results})
     impls = list(dict.fromkeys(r["impl"] for r in results))
