@@ -275,12 +275,8 @@ def _beam_search(model, enc, s: GenerationSettings) -> torch.Tensor:
         V = log_probs.shape[-1]
         log_probs = (log_probs.view(B, nb, V) + running_scores[:, :, None]).reshape(B, nb * V)
 
-        # c. top-K continuations over all beams
-        if s.do_sample:
-            topk_idx = torch.multinomial(F.softmax(log_probs, dim=-1), num_samples=keep)
-            topk_lp = torch.gather(log_probs, 1, topk_idx)
-        else:
-            topk_lp, topk_idx = torch.topk(log_probs, k=keep)
+        # c. top-K continuations over all beams (drawn without replacement when sampling)
+        topk_lp, topk_idx = _top_k_continuations(log_probs, keep, s.do_sample)
         parent = topk_idx // V
         topk_parents = _gather(running_parents, parent)
         topk_seqs = _gather(running, parent)
@@ -336,6 +332,23 @@ def _beam_search(model, enc, s: GenerationSettings) -> torch.Tensor:
     parents = finished_parents[:, :r].reshape(B * r, -1)
     generated = int((parents + 1).bool().sum(dim=1).max())
     return seqs[:, : prompt_len + generated]
+
+
+def _top_k_continuations(log_probs: torch.Tensor, keep: int, sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `keep` candidates (B, keep) out of the accumulated log-probs (B, nb*V), best first: their scores
+    and flat indices (beam * V + token)."""
+    if not sample:
+        topk_lp, topk_idx = torch.topk(log_probs, k=keep)
+        return topk_lp, topk_idx
+    idx = torch.multinomial(F.softmax(log_probs, dim=-1), num_samples=keep)
+    lp = torch.gather(log_probs, 1, idx)
+    # The draws come out in draw order; transformers >= 5.24 sorts them by score (descending) before use.
+    # The order matters: only the first nb candidates may enter the finished pool (and ties in the later
+    # topks follow it). The vectorised beam search up to 5.23 used the draw order as is,
+    # so beam sampling there gives other tokens for the same seed; we match the current release. Same call
+    # as transformers (torch.sort, not stable) so that ties break the same way.
+    lp, order = lp.sort(dim=-1, descending=True)
+    return lp, idx.gather(-1, order)
 
 
 def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
