@@ -19,6 +19,7 @@
 // sequence is cut into several ranges, whose key-gradient edges are merged under a lock.
 #include <math.h>
 #include <omp.h>
+#include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +39,19 @@ typedef int32_t vi __attribute__((vector_size(VW * 4)));
 
 static inline vf vld(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline void vst(float *p, vf v) { memcpy(p, &v, sizeof v); }
-static inline vf vset(float x) { vf v = {}; return v + x; }
+// A broadcast. Through the intrinsic: GCC turns `vf{} + x` into a scalar add plus a broadcast
+// (0 + x is not x for x = -0) and an element-wise fill into a broadcast plus an insert.
+static inline vf vset(float x) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_set1_ps(x);
+#elif defined(__AVX__)
+    return (vf)_mm256_set1_ps(x);
+#else
+    vf v;
+    for (int i = 0; i < VW; i++) v[i] = x;
+    return v;
+#endif
+}
 static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
 
 static const float NEG_INF = -INFINITY;
@@ -124,6 +137,22 @@ static inline long lmax(long a, long b) { return a > b ? a : b; }
 
 namespace {
 
+// Per-thread scratch memory, reused across calls (OpenMP keeps its threads): fresh buffers of a few
+// MB would come from mmap and be faulted in page by page on every call.
+struct Scratch {
+    std::vector<float> f[20];
+    std::vector<uint8_t> u[2];
+    std::vector<long> l;
+};
+thread_local Scratch scratch;
+
+float *fbuf(int i, long n, bool zero) {
+    std::vector<float> &v = scratch.f[i];
+    if ((long)v.size() < n) v.resize(n);
+    if (zero) memset(v.data(), 0, n * sizeof(float));
+    return v.data();
+}
+
 struct Problem {
     long B, H, T, D, Dp, window, causal, block, Gmax;
     const long *dil;
@@ -183,17 +212,18 @@ struct Work {
     long first;  // slot of packed row 0
     long rows;   // packed rows
     long G, Gp;
-    std::vector<float> Kp, Vp, Kg, Vg;
-    std::vector<uint8_t> kok, gok;
-    std::vector<long> gpos;
+    float *Kp, *Vp, *Kg, *Vg;  // (rows, Dp) packed window keys/values, (Gp, Dp) global keys/values
+    uint8_t *kok, *gok;        // may the band use packed row i; is global key i valid
+    long *gpos;                // positions of the global keys
 
     Work(const Problem &P, const Seq &s, const Item &it, const float *k, const float *v)
         : P(P), s(s), g(P, s.Tr) {
         first = it.blk0 * g.c - g.left;
         rows = (it.blk1 - it.blk0 - 1) * g.c + g.Lp;
-        Kp.assign(rows * P.Dp, 0.0f);
-        Vp.assign(rows * P.Dp, 0.0f);
-        kok.assign(rows, 0);
+        Kp = fbuf(0, rows * P.Dp, true);
+        Vp = fbuf(1, rows * P.Dp, true);
+        scratch.u[0].assign(rows, 0);
+        kok = scratch.u[0].data();
         for (long i = 0; i < rows; i++) {
             long j = first + i;
             if (j < 0 || j >= s.Tr) continue;
@@ -203,10 +233,12 @@ struct Work {
         }
         G = P.gcount ? P.gcount[s.b] : 0;
         Gp = round_up(G, MR);
-        Kg.assign(Gp * P.Dp, 0.0f);
-        Vg.assign(Gp * P.Dp, 0.0f);
-        gok.assign(Gp, 0);
-        gpos.assign(Gp, 0);
+        Kg = fbuf(2, Gp * P.Dp, true);
+        Vg = fbuf(3, Gp * P.Dp, true);
+        scratch.u[1].assign(Gp + 1, 0);
+        gok = scratch.u[1].data();
+        scratch.l.assign(Gp + 1, 0);
+        gpos = scratch.l.data();
         for (long i = 0; i < G; i++) {
             long pos = P.gpos[s.b * P.Gmax + i];
             const float *kr = k + ((s.b * P.H + s.h) * P.T + pos) * P.D;
@@ -216,6 +248,15 @@ struct Work {
             gok[i] = P.key_valid ? P.key_valid[s.b * P.T + pos] : 1;
             gpos[i] = pos;
         }
+    }
+
+    // Rows [l0, l1) of St holding every band entry of the columns a0 .. a0 + VW - 1, widened by MR - 1
+    // on both sides: the products that read these columns work in query tiles of MR (starting up to
+    // MR - 1 before a column) or key tiles of MR, and never read a row outside this range, so rows
+    // beyond it need no softmax.
+    void reach(long a0, long &l0, long &l1) const {
+        l0 = lmax(0, a0 - (MR - 1));
+        l1 = lmin(g.Lp, a0 + VW + MR + g.span);
     }
 
     // (Dp x c) transpose of the block's rows of x (scaled), and optionally the (c x Dp) copy.
@@ -251,7 +292,7 @@ struct Work {
             for (long a = hi + 1; a < c; a++) srow[a] = NEG_INF;
         }
         if (!G) return;
-        gemm(Gp, c, Kg.data(), Dp, 1, Qt, c, Sg, c, false, [&](long, long &lo, long &hi) { lo = 0, hi = Dp; });
+        gemm(Gp, c, Kg, Dp, 1, Qt, c, Sg, c, false, [&](long, long &lo, long &hi) { lo = 0, hi = Dp; });
         for (long i = 0; i < Gp; i++) {
             float *srow = Sg + i * c;
             if (i >= G || !gok[i]) {
@@ -273,19 +314,22 @@ static void forward_item(const Problem &P, const Seq &s, const Item &it, const f
                          const float *v, float *out, float *lse) {
     Work w(P, s, it, k, v);
     const long c = w.g.c, Lp = w.g.Lp, span = w.g.span, Dp = P.Dp, G = w.G, Gp = w.Gp;
-    std::vector<float> Qt(Dp * c), St(Lp * c + MR), Sg(Gp * c + MR), O(c * Dp), mx(c), sm(c);
+    float *Qt = fbuf(4, Dp * c, false), *St = fbuf(5, Lp * c + MR, false), *Sg = fbuf(6, Gp * c + MR, false),
+          *O = fbuf(7, c * Dp, false), *mx = fbuf(8, c, false), *sm = fbuf(9, c, false);
     for (long blk = it.blk0; blk < it.blk1; blk++) {
         const long i0 = blk * c, w0 = (blk - it.blk0) * c;
-        w.pack_rows(q, i0, P.scale, Qt.data(), nullptr);
-        w.scores(Qt.data(), w0, i0, St.data(), Sg.data());
-        // softmax down the columns, VW queries at a time
+        w.pack_rows(q, i0, P.scale, Qt, nullptr);
+        w.scores(Qt, w0, i0, St, Sg);
+        // softmax down the columns, VW queries at a time, over the rows the band can reach
         for (long a0 = 0; a0 < c; a0 += VW) {
+            long l0, l1;
+            w.reach(a0, l0, l1);
             vf m = vset(NEG_INF);
-            for (long l = 0; l < Lp; l++) m = vmax(m, vld(&St[l * c + a0]));
+            for (long l = l0; l < l1; l++) m = vmax(m, vld(&St[l * c + a0]));
             for (long i = 0; i < G; i++) m = vmax(m, vld(&Sg[i * c + a0]));
             const vf base = m == vset(NEG_INF) ? vset(0.0f) : m;  // empty column: every p = 0
             vf sum = {};
-            for (long l = 0; l < Lp; l++) {
+            for (long l = l0; l < l1; l++) {
                 vf p = vexp(vld(&St[l * c + a0]) - base);
                 vst(&St[l * c + a0], p);
                 sum += p;
@@ -300,10 +344,10 @@ static void forward_item(const Problem &P, const Seq &s, const Item &it, const f
         }
         // O = P V over the band rows of each query tile, plus the global keys
         const float *Vw = &w.Vp[w0 * Dp];
-        gemm(c, Dp, St.data(), 1, c, Vw, Dp, O.data(), Dp, false, [&](long a0, long &lo, long &hi) {
+        gemm(c, Dp, St, 1, c, Vw, Dp, O, Dp, false, [&](long a0, long &lo, long &hi) {
             lo = a0, hi = lmin(Lp, a0 + MR + span);
         });
-        if (G) gemm(c, Dp, Sg.data(), 1, c, w.Vg.data(), Dp, O.data(), Dp, true, [&](long, long &lo, long &hi) {
+        if (G) gemm(c, Dp, Sg, 1, c, w.Vg, Dp, O, Dp, true, [&](long, long &lo, long &hi) {
             lo = 0, hi = G;
         });
         (void)Gp;
@@ -325,14 +369,17 @@ static void backward_item(const Problem &P, const Seq &s, const Item &it, const 
                           float *dk, float *dv) {
     Work w(P, s, it, k, v);
     const long c = w.g.c, Lp = w.g.Lp, span = w.g.span, Dp = P.Dp, G = w.G, Gp = w.Gp;
-    std::vector<float> Qt(Dp * c), Qb(c * Dp), dOt(Dp * c), dOb(c * Dp), St(Lp * c + MR), dSt(Lp * c + MR),
-        Sg(Gp * c + MR), dSg(Gp * c + MR), dQ(c * Dp), L(c), Dl(c);
-    std::vector<float> dKp(w.rows * Dp, 0.0f), dVp(w.rows * Dp, 0.0f), dKg(Gp * Dp, 0.0f), dVg(Gp * Dp, 0.0f);
+    float *Qt = fbuf(4, Dp * c, false), *Qb = fbuf(10, c * Dp, false), *dOt = fbuf(11, Dp * c, false),
+          *dOb = fbuf(12, c * Dp, false), *St = fbuf(5, Lp * c + MR, false), *dSt = fbuf(13, Lp * c + MR, false),
+          *Sg = fbuf(6, Gp * c + MR, false), *dSg = fbuf(14, Gp * c + MR, false), *dQ = fbuf(7, c * Dp, false),
+          *L = fbuf(8, c, false), *Dl = fbuf(9, c, false);
+    float *dKp = fbuf(15, w.rows * Dp, true), *dVp = fbuf(16, w.rows * Dp, true), *dKg = fbuf(17, Gp * Dp, true),
+          *dVg = fbuf(18, Gp * Dp, true);
     const long head = (s.b * P.H + s.h) * P.T;
     for (long blk = it.blk0; blk < it.blk1; blk++) {
         const long i0 = blk * c, w0 = (blk - it.blk0) * c;
-        w.pack_rows(q, i0, P.scale, Qt.data(), Qb.data());
-        w.pack_rows(dout, i0, 1.0f, dOt.data(), dOb.data());
+        w.pack_rows(q, i0, P.scale, Qt, Qb);
+        w.pack_rows(dout, i0, 1.0f, dOt, dOb);
         for (long a = 0; a < c; a++) {
             L[a] = 0.0f, Dl[a] = 0.0f;
             if (i0 + a < s.Tr) {
@@ -341,21 +388,23 @@ static void backward_item(const Problem &P, const Seq &s, const Item &it, const 
                 Dl[a] = delta[head + pos];
             }
         }
-        w.scores(Qt.data(), w0, i0, St.data(), Sg.data());
+        w.scores(Qt, w0, i0, St, Sg);
         const float *Kw = &w.Kp[w0 * Dp], *Vw = &w.Vp[w0 * Dp];
         // dPt = Vw dO^T on the band tiles; the rest stays unset and is masked by p = 0 below
         for (long a0 = 0; a0 < c; a0 += NR)
             for (long l0 = 0; l0 < Lp; l0 += MR) {
                 if (l0 + MR - 1 < a0 || l0 > a0 + NR - 1 + span) continue;
-                kernel(Dp, Vw + l0 * Dp, Dp, 1, dOt.data() + a0, c, &dSt[l0 * c + a0], c, MR, false);
+                kernel(Dp, Vw + l0 * Dp, Dp, 1, dOt + a0, c, &dSt[l0 * c + a0], c, MR, false);
             }
-        if (G) gemm(Gp, c, w.Vg.data(), Dp, 1, dOt.data(), c, dSg.data(), c, false, [&](long, long &lo, long &hi) {
+        if (G) gemm(Gp, c, w.Vg, Dp, 1, dOt, c, dSg, c, false, [&](long, long &lo, long &hi) {
             lo = 0, hi = Dp;
         });
         // P = exp(S - lse), dS = P (dP - delta), zero wherever P is (bitwise, so unset dP never leaks)
         for (long a0 = 0; a0 < c; a0 += VW) {
             const vf lv = vld(&L[a0]), dl = vld(&Dl[a0]);
-            for (long l = 0; l < Lp; l++) {
+            long l0, l1;
+            w.reach(a0, l0, l1);
+            for (long l = l0; l < l1; l++) {
                 vf p = vexp(vld(&St[l * c + a0]) - lv);
                 vst(&St[l * c + a0], p);
                 vi keep = p != vset(0.0f);
@@ -370,16 +419,16 @@ static void backward_item(const Problem &P, const Seq &s, const Item &it, const 
         }
         // key rows: dV += P dO, dK += dS (scale q); query tiles: dQ = dS^T K (scaled at the end)
         auto band_queries = [&](long l0, long &lo, long &hi) { lo = lmax(0, l0 - span), hi = lmin(c, l0 + MR); };
-        gemm(Lp, Dp, St.data(), c, 1, dOb.data(), Dp, &dVp[w0 * Dp], Dp, true, band_queries);
-        gemm(Lp, Dp, dSt.data(), c, 1, Qb.data(), Dp, &dKp[w0 * Dp], Dp, true, band_queries);
-        gemm(c, Dp, dSt.data(), 1, c, Kw, Dp, dQ.data(), Dp, false, [&](long a0, long &lo, long &hi) {
+        gemm(Lp, Dp, St, c, 1, dOb, Dp, &dVp[w0 * Dp], Dp, true, band_queries);
+        gemm(Lp, Dp, dSt, c, 1, Qb, Dp, &dKp[w0 * Dp], Dp, true, band_queries);
+        gemm(c, Dp, dSt, 1, c, Kw, Dp, dQ, Dp, false, [&](long a0, long &lo, long &hi) {
             lo = a0, hi = lmin(Lp, a0 + MR + span);
         });
         if (G) {
             auto all = [&](long, long &lo, long &hi) { lo = 0, hi = c; };
-            gemm(Gp, Dp, Sg.data(), c, 1, dOb.data(), Dp, dVg.data(), Dp, true, all);
-            gemm(Gp, Dp, dSg.data(), c, 1, Qb.data(), Dp, dKg.data(), Dp, true, all);
-            gemm(c, Dp, dSg.data(), 1, c, w.Kg.data(), Dp, dQ.data(), Dp, true, [&](long, long &lo, long &hi) {
+            gemm(Gp, Dp, Sg, c, 1, dOb, Dp, dVg, Dp, true, all);
+            gemm(Gp, Dp, dSg, c, 1, Qb, Dp, dKg, Dp, true, all);
+            gemm(c, Dp, dSg, 1, c, w.Kg, Dp, dQ, Dp, true, [&](long, long &lo, long &hi) {
                 lo = 0, hi = G;
             });
         }
