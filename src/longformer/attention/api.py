@@ -88,7 +88,10 @@ def _choose_impl(q: torch.Tensor, window: int, dilations: tuple[int, ...]) -> st
     from . import compiled
 
     if compiled.supports(q) and compiled.available():
-        return "compiled"
+        # Measured (docs/attention.md, H=12, D=64, fwd+bwd): the dense reference's few small ops win
+        # below ~64 tokens (0.9 vs 1.3 ms at T=8), the compiled kernel from T=64 on (2.3 vs 2.3 ms),
+        # by 2.6x at T=128 and 12x at T=512.
+        return "reference" if T < 64 else "compiled"
     # Measured (docs/attention.md, fwd+bwd, D=64, H=12, w in {16, 256}): the dense reference wins
     # over the PyTorch blocked kernel up to T=256, where its T x T scores are small and the blocked
     # kernel's fixed per-call work dominates. The element cap keeps the scores <= 64 MB.

@@ -233,7 +233,8 @@ def global_rows_backward(plan: _Plan, b, idx, q, k, v, lse, do, delta, dq, dk, d
     s_rows = _scores(plan, q[:, idx], k, from_glob)  # (H, G, T)
     qg, kf, vf, dog = q[:, idx].to(st), k.to(st), v.to(st), do[:, idx].to(st)
     p = s_rows.sub_(_safe(lse[:, idx])[..., None]).exp_()
-    dv.add_(p.transpose(-1, -2) @ dog)
+    # (T x G) @ (G x D) products land in dk/dv in place: no (H, T, D) temporaries
+    dv.baddbmm_(p.transpose(-1, -2), dog)
     ds = (dog @ vf.transpose(-1, -2)).sub_(delta[:, idx][..., None]).mul_(p)
     dq.index_add_(1, idx, ds @ kf, alpha=scale)
-    dk.add_(ds.transpose(-1, -2) @ qg, alpha=scale)
+    dk.baddbmm_(ds.transpose(-1, -2), qg, alpha=scale)

@@ -15,7 +15,35 @@ from collections.abc import Callable
 import torch
 
 
+def measure_interleaved(specs: list[dict], repeats: int) -> list[dict]:
+    """Time several specs in one process, round-robin (one call of each per round), median per spec:
+    slow phases of a shared machine then hit every spec alike, so their ratios are stable."""
+    fns = []
+    for spec in specs:
+        torch.manual_seed(0)
+        fn, leaves, note, _ = _build(spec)
+        fns.append((fn, leaves))
+    fwd = [[] for _ in specs]
+    fb = [[] for _ in specs]
+    for fn, leaves in fns:  # warm-up
+        with torch.no_grad():
+            fn()
+        _fwd_bwd(fn, leaves)
+    for _ in range(repeats):
+        for i, (fn, leaves) in enumerate(fns):
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                fn()
+                fwd[i].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            _fwd_bwd(fn, leaves)
+            fb[i].append(time.perf_counter() - t0)
+    return [{"fwd_ms": 1e3 * statistics.median(a), "fb_ms": 1e3 * statistics.median(b)} for a, b in zip(fwd, fb)]
+
+
 def measure(spec: dict) -> dict:
+    if spec["impl"] == "interleaved":
+        return {"results": measure_interleaved(spec["specs"], spec["repeats"])}
     if spec["impl"] == "gemm":
         return dict(gflops=_gemm_rate(getattr(torch, spec["dtype"])))
     if spec["impl"] == "build":

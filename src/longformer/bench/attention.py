@@ -133,13 +133,16 @@ def _run_variants(args: argparse.Namespace, base: dict, impls: list[str]) -> int
 
     lengths = args.lengths if args.lengths != [1024, 4096, 16384] else [4096]
     variants = _variants(args.heads)
-    jobs = [(impl, T, name, change) for impl in impls for T in lengths for name, change in variants]
     rows = []
-    for impl, T, name, change in tqdm(jobs, desc="bench variants", unit="run", file=sys.stderr):
-        rows.append(dict(impl=impl, T=T, variant=name, **_in_subprocess(dict(base, impl=impl, T=T, **change), args.timeout)))
+    # one subprocess per (impl, T), timing all variants round-robin inside it (see measure_interleaved)
+    for impl, T in tqdm([(i, T) for i in impls for T in lengths], desc="bench variants", unit="run", file=sys.stderr):
+        specs = [dict(base, impl=impl, T=T, **change) for _, change in variants]
+        got = _in_subprocess(dict(base, impl="interleaved", T=T, specs=specs), args.timeout)
+        for (name, _), r in zip(variants, got.get("results") or [got] * len(variants)):
+            rows.append(dict(impl=impl, T=T, variant=name, **r))
     lines = [
         f"Pattern costs: w={args.window} H={args.heads} D={args.head_dim} B={args.batch} {args.dtype} "
-        f"(median of {args.repeats}); ratio = variant time / plain-window time (goal: dilation, causal <= 1.3; "
+        f"(median of {args.repeats} rounds, variants timed round-robin in one process); ratio = variant time / plain-window time (goal: dilation, causal <= 1.3; "
         "globals <= 1.15)",
         "",
         f"{'impl':<10} {'T':>6} {'variant':<34} {'fwd ms':>8} {'f+b ms':>8} {'fwd x':>6} {'f+b x':>6}",
