@@ -147,3 +147,26 @@ def test_bf16_autocast_training_step_matches_fp32_loss():
     out.loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert abs(out.loss.item() - model(ids, mask, glob, labels=labels).loss.item()) < 1e-2
+
+
+def test_attention_dropout_applies_in_training_only():
+    """attention_probs_dropout_prob is applied in train mode (local rows through the core's hash mask,
+    global rows through torch's dropout), repeatable with torch.manual_seed, and absent in eval mode."""
+    torch.manual_seed(0)
+    model = LongformerModel(tiny_config(attention_probs_dropout_prob=0.3))
+    plain = LongformerModel(tiny_config())
+    plain.load_state_dict(model.state_dict())
+    ids, mask, glob = awkward_batch(40)
+    model.train()
+    torch.manual_seed(1)
+    a = model(ids, mask, glob).last_hidden_state
+    torch.manual_seed(1)
+    b = model(ids, mask, glob).last_hidden_state
+    c = model(ids, mask, glob).last_hidden_state
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    with torch.no_grad():
+        want = plain.eval()(ids, mask, glob).last_hidden_state
+        assert not torch.allclose(a, want, atol=1e-3)
+        torch.testing.assert_close(model.eval()(ids, mask, glob).last_hidden_state, want, atol=1e-6, rtol=1e-6)
+    a.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

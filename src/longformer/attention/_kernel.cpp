@@ -36,9 +36,11 @@
 
 typedef float vf __attribute__((vector_size(VW * 4)));
 typedef int32_t vi __attribute__((vector_size(VW * 4)));
+typedef uint32_t vu __attribute__((vector_size(VW * 4)));
 
 static inline vf vld(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline void vst(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vu vldu(const uint32_t *p) { vu v; memcpy(&v, p, sizeof v); return v; }
 // A broadcast. Through the intrinsic: GCC turns `vf{} + x` into a scalar add plus a broadcast
 // (0 + x is not x for x = -0) and an element-wise fill into a broadcast plus an insert.
 static inline vf vset(float x) {
@@ -55,6 +57,26 @@ static inline vf vset(float x) {
 static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
 
 static const float NEG_INF = -INFINITY;
+
+// Dropout of attention probabilities. Whether probability (i, j) of head (b, h) is kept is a hash of
+// (seed, b * H + h, i, j): nothing is stored, backward regenerates the same mask, and dropout.py
+// computes the identical mask in torch for the global rows and the dense reference.
+static inline uint32_t fmix32(uint32_t x) {  // murmur3's finaliser
+    x ^= x >> 16;
+    x *= 0x85EBCA6Bu;
+    x ^= x >> 13;
+    x *= 0xC2B2AE35u;
+    x ^= x >> 16;
+    return x;
+}
+static inline vu vfmix32(vu x) {
+    x ^= x >> 16;
+    x *= 0x85EBCA6Bu;
+    x ^= x >> 13;
+    x *= 0xC2B2AE35u;
+    x ^= x >> 16;
+    return x;
+}
 
 // exp(x) for x <= ~0 (scores minus their maximum or log-sum-exp): exactly 0 below -87 and for -inf.
 // Range reduction x = n ln2 + r, |r| <= ln2 / 2, then a degree-6 Taylor polynomial (relative error
@@ -161,6 +183,19 @@ struct Problem {
     const int64_t *gpos;       // (B, Gmax) global positions, ascending; gcount[b] of them used
     const int64_t *gcount;
     float scale;
+    uint32_t drop_thr, seed;  // keep a probability iff its hash >= drop_thr (0: no dropout)
+    float keep_scale;         // 1 / (1 - drop_thr / 2^32)
+
+    uint32_t row_hash(long b, long h, long i) const {
+        uint32_t head = fmix32(seed ^ (uint32_t)((b * H + h) * 0x9E3779B1u));
+        return fmix32(head ^ ((uint32_t)i * 0x85EBCA77u));
+    }
+    // keep_scale where kept, 0 where dropped, for VW queries (row hashes rh) and key position j
+    vf keep(vu rh, long j) const {
+        vu e = vfmix32(rh + (uint32_t)j * 0xC2B2AE3Du);
+        vi kept = (vi)(e >= (vu){} + drop_thr);
+        return (vf)((vi)vset(keep_scale) & kept);
+    }
 };
 
 struct Seq {  // one undilated sequence: rows m, m + r, ... of head h of batch element b
@@ -259,6 +294,12 @@ struct Work {
         l1 = lmin(g.Lp, a0 + VW + MR + g.span);
     }
 
+    // dropout row hashes of VW queries of the block from column a0
+    void row_hashes_into(long i0, long a0, uint32_t *rh) const {
+        for (long a = 0; a < VW; a++) rh[a] = P.row_hash(s.b, s.h, s.m + (i0 + a0 + a) * s.r);
+    }
+    long key_pos(long i0, long l) const { return s.m + (i0 - g.left + l) * s.r; }  // of window row l
+
     // (Dp x c) transpose of the block's rows of x (scaled), and optionally the (c x Dp) copy.
     void pack_rows(const float *x, long i0, float scale, float *t, float *n) const {
         const long c = g.c, Dp = P.Dp, D = P.D;
@@ -316,6 +357,7 @@ static void forward_item(const Problem &P, const Seq &s, const Item &it, const f
     const long c = w.g.c, Lp = w.g.Lp, span = w.g.span, Dp = P.Dp, G = w.G, Gp = w.Gp;
     float *Qt = fbuf(4, Dp * c, false), *St = fbuf(5, Lp * c + MR, false), *Sg = fbuf(6, Gp * c + MR, false),
           *O = fbuf(7, c * Dp, false), *mx = fbuf(8, c, false), *sm = fbuf(9, c, false);
+    uint32_t rh[VW];
     for (long blk = it.blk0; blk < it.blk1; blk++) {
         const long i0 = blk * c, w0 = (blk - it.blk0) * c;
         w.pack_rows(q, i0, P.scale, Qt, nullptr);
@@ -341,6 +383,12 @@ static void forward_item(const Problem &P, const Seq &s, const Item &it, const f
             }
             vst(&mx[a0], m);
             vst(&sm[a0], sum);
+            if (P.drop_thr) {  // the sum above is of the undropped probabilities: the softmax's
+                w.row_hashes_into(i0, a0, rh);
+                const vu r = vldu(rh);
+                for (long l = l0; l < l1; l++) vst(&St[l * c + a0], vld(&St[l * c + a0]) * P.keep(r, w.key_pos(i0, l)));
+                for (long i = 0; i < G; i++) vst(&Sg[i * c + a0], vld(&Sg[i * c + a0]) * P.keep(r, w.gpos[i]));
+            }
         }
         // O = P V over the band rows of each query tile, plus the global keys
         const float *Vw = &w.Vp[w0 * Dp];
@@ -373,6 +421,7 @@ static void backward_item(const Problem &P, const Seq &s, const Item &it, const 
           *dOb = fbuf(12, c * Dp, false), *St = fbuf(5, Lp * c + MR, false), *dSt = fbuf(13, Lp * c + MR, false),
           *Sg = fbuf(6, Gp * c + MR, false), *dSg = fbuf(14, Gp * c + MR, false), *dQ = fbuf(7, c * Dp, false),
           *L = fbuf(8, c, false), *Dl = fbuf(9, c, false);
+    uint32_t rh[VW] = {};
     float *dKp = fbuf(15, w.rows * Dp, true), *dVp = fbuf(16, w.rows * Dp, true), *dKg = fbuf(17, Gp * Dp, true),
           *dVg = fbuf(18, Gp * Dp, true);
     const long head = (s.b * P.H + s.h) * P.T;
@@ -404,17 +453,32 @@ static void backward_item(const Problem &P, const Seq &s, const Item &it, const 
             const vf lv = vld(&L[a0]), dl = vld(&Dl[a0]);
             long l0, l1;
             w.reach(a0, l0, l1);
+            if (P.drop_thr) w.row_hashes_into(i0, a0, rh);
+            const vu r = vldu(rh);
+            // with dropout (keep factor k): dV takes P k, and dS = P (dP k - delta)
             for (long l = l0; l < l1; l++) {
-                vf p = vexp(vld(&St[l * c + a0]) - lv);
-                vst(&St[l * c + a0], p);
-                vi keep = p != vset(0.0f);
-                vst(&dSt[l * c + a0], (vf)((vi)(p * (vld(&dSt[l * c + a0]) - dl)) & keep));
+                vf p = vexp(vld(&St[l * c + a0]) - lv), dp = vld(&dSt[l * c + a0]);
+                vi nonzero = p != vset(0.0f);
+                if (P.drop_thr) {
+                    const vf k = P.keep(r, w.key_pos(i0, l));
+                    dp = dp * k;
+                    vst(&St[l * c + a0], p * k);
+                } else {
+                    vst(&St[l * c + a0], p);
+                }
+                vst(&dSt[l * c + a0], (vf)((vi)(p * (dp - dl)) & nonzero));
             }
             for (long i = 0; i < Gp; i++) {
-                vf p = vexp(vld(&Sg[i * c + a0]) - lv);
-                vst(&Sg[i * c + a0], p);
-                vi keep = p != vset(0.0f);
-                vst(&dSg[i * c + a0], (vf)((vi)(p * (vld(&dSg[i * c + a0]) - dl)) & keep));
+                vf p = vexp(vld(&Sg[i * c + a0]) - lv), dp = vld(&dSg[i * c + a0]);
+                vi nonzero = p != vset(0.0f);
+                if (P.drop_thr && i < G) {
+                    const vf k = P.keep(r, w.gpos[i]);
+                    dp = dp * k;
+                    vst(&Sg[i * c + a0], p * k);
+                } else {
+                    vst(&Sg[i * c + a0], p);
+                }
+                vst(&dSg[i * c + a0], (vf)((vi)(p * (dp - dl)) & nonzero));
             }
         }
         // key rows: dV += P dO, dK += dS (scale q); query tiles: dQ = dS^T K (scaled at the end)
@@ -469,12 +533,14 @@ static void backward_item(const Problem &P, const Seq &s, const Item &it, const 
 
 static Problem make_problem(const int64_t *cfg, const uint8_t *band_ok, const uint8_t *key_valid, const int64_t *gpos,
                             const int64_t *gcount, float scale) {
-    // cfg: B, H, T, D, window, causal, block, Gmax, then H dilations
+    // cfg: B, H, T, D, window, causal, block, Gmax, dropout threshold (0: none), dropout seed, then H dilations
     Problem P;
     P.B = cfg[0], P.H = cfg[1], P.T = cfg[2], P.D = cfg[3], P.window = cfg[4], P.causal = cfg[5], P.block = cfg[6];
     P.Gmax = cfg[7];
     P.Dp = round_up(P.D, NR);
-    P.dil = (const long *)(cfg + 8);
+    P.drop_thr = (uint32_t)cfg[8], P.seed = (uint32_t)cfg[9];
+    P.keep_scale = P.drop_thr ? (float)(1.0 / (1.0 - (double)P.drop_thr / 4294967296.0)) : 1.0f;
+    P.dil = (const long *)(cfg + 10);
     P.band_ok = band_ok, P.key_valid = key_valid, P.gpos = gpos, P.gcount = gcount, P.scale = scale;
     return P;
 }

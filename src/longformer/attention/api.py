@@ -21,6 +21,8 @@ def sliding_window_attention(
     attention_mask: torch.Tensor | None = None,
     global_attention_mask: torch.Tensor | None = None,
     scale: float | None = None,
+    dropout_p: float = 0.0,
+    dropout_seed: int | None = None,
     impl: str = "auto",
 ) -> torch.Tensor:
     """Longformer attention: a (dilated) sliding window plus symmetric global tokens.
@@ -39,6 +41,12 @@ def sliding_window_attention(
             every query attends every global key, with the same q/k/v; a global key inside a
             window is counted once. Each batch element may have its own number of global tokens.
         scale: multiplier of ``q @ k^T``; default ``D ** -0.5``.
+        dropout_p: attention-probability dropout (0 <= p < 1), applied after the softmax with kept
+            probabilities scaled by 1 / (1 - p). The mask is a hash of (seed, head, query, key)
+            (see attention/dropout.py): backward regenerates it, nothing is stored. Callers pass
+            ``dropout_p`` only in training. Runs in the ``compiled`` kernel and the ``reference``.
+        dropout_seed: seed of the mask; default: drawn from torch's global generator, so
+            ``torch.manual_seed`` makes runs repeatable.
         impl: ``"auto"`` (fastest correct choice), ``"reference"`` (dense O(T^2) spec),
             ``"blocked"`` (memory-linear blocked kernel in PyTorch, any device and dtype) or
             ``"compiled"`` (the fused C++ CPU kernel, built with the system compiler on first use and
@@ -68,14 +76,21 @@ def sliding_window_attention(
         scale = D**-0.5
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    dropout = _check_dropout(dropout_p, dropout_seed, tracing)
     if impl == "auto":
         impl = _choose_impl(q, window, dilations)
+        if dropout is not None and impl == "blocked":
+            impl = "reference"  # exact, but O(T^2): the blocked kernel has no dropout
     if impl == "reference":
-        return reference_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale)
+        return reference_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale, dropout)
     if impl == "compiled":
         from .compiled import compiled_attention
 
-        return compiled_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale)
+        return compiled_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale, dropout)
+    if dropout is not None:
+        raise NotImplementedError(
+            "impl='blocked' has no attention dropout; use impl='compiled' (CPU) or 'reference', or dropout_p=0"
+        )
     from .blocked import blocked_attention
 
     return blocked_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale)
@@ -83,10 +98,12 @@ def sliding_window_attention(
 
 def _choose_impl(q: torch.Tensor, window: int, dilations: tuple[int, ...]) -> str:
     B, H, T, _ = q.shape
-    if torch.compiler.is_compiling():
-        return "reference"  # the fast kernels plan with data-dependent shapes; the spec traces
     from . import compiled
 
+    if torch.compiler.is_compiling():
+        # The compiled kernel is a custom op, opaque to the tracer; the blocked kernel plans with
+        # data-dependent shapes and cannot be traced, so elsewhere the dense spec is used.
+        return "compiled" if compiled.supports(q) and compiled._available_constant() else "reference"
     if compiled.supports(q) and compiled.available():
         # Measured (docs/attention.md, H=12, D=64, fwd+bwd): the dense reference's few small ops win
         # below ~64 tokens (0.9 vs 1.3 ms at T=8), the compiled kernel from T=64 on (2.3 vs 2.3 ms),
@@ -98,6 +115,24 @@ def _choose_impl(q: torch.Tensor, window: int, dilations: tuple[int, ...]) -> st
     if T <= 256 and B * H * T * T <= 2**24:
         return "reference"
     return "blocked"
+
+
+def _check_dropout(p: float, seed: int | None, tracing: bool) -> tuple[float, int] | None:
+    """(p, seed) when dropout applies, else None."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout_p must be a float in [0, 1), got {p!r}")
+    if p == 0.0:
+        return None
+    if tracing:
+        raise NotImplementedError(
+            "attention dropout under torch.compile is not supported (its seed would be frozen into the graph); "
+            "compile the model in eval mode or with attention dropout 0"
+        )
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"dropout_seed must be an int or None, got {type(seed).__name__}")
+    return float(p), seed
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -200,12 +200,16 @@ def _global_forward(plan: _Plan, b, idx, q, k, v, out, lse) -> None:
     global_rows_forward(plan, b, idx, q, k, v, out, lse)
 
 
-def global_rows_forward(plan: _Plan, b, idx, q, k, v, out, lse) -> None:
-    """Part 3 for batch element b, (H, T, D): the global rows as full attention over every key."""
+def global_rows_forward(plan: _Plan, b, idx, q, k, v, out, lse, keep=None) -> None:
+    """Part 3 for batch element b, (H, T, D): the global rows as full attention over every key.
+    keep: optional (H, G, T) dropout keep factors (see dropout.py)."""
     _, from_glob = _global_masks(plan, b, idx, q.shape[1])
     s = _scores(plan, q[:, idx], k, from_glob)  # (H, G, T)
     lr = torch.logsumexp(s, dim=-1)
-    out[:, idx] = (s.sub_(_safe(lr)[..., None]).exp_().to(v.dtype) @ v).to(out.dtype)
+    p = s.sub_(_safe(lr)[..., None]).exp_()
+    if keep is not None:
+        p = p.mul_(keep)
+    out[:, idx] = (p.to(v.dtype) @ v).to(out.dtype)
     lse[:, idx] = lr
 
 
@@ -226,15 +230,21 @@ def _global_backward(plan: _Plan, b, idx, q, k, v, lse, do, delta, do_loc, delta
     global_rows_backward(plan, b, idx, q, k, v, lse, do, delta, dq, dk, dv)
 
 
-def global_rows_backward(plan: _Plan, b, idx, q, k, v, lse, do, delta, dq, dk, dv) -> None:
-    """Add the gradients of part 3 (the global rows) of batch element b to the accumulators."""
+def global_rows_backward(plan: _Plan, b, idx, q, k, v, lse, do, delta, dq, dk, dv, keep=None) -> None:
+    """Add the gradients of part 3 (the global rows) of batch element b to the accumulators.
+    keep: the forward's (H, G, T) dropout keep factors, or None."""
     st, scale = plan.stat, plan.scale
     _, from_glob = _global_masks(plan, b, idx, q.shape[1])
     s_rows = _scores(plan, q[:, idx], k, from_glob)  # (H, G, T)
     qg, kf, vf, dog = q[:, idx].to(st), k.to(st), v.to(st), do[:, idx].to(st)
     p = s_rows.sub_(_safe(lse[:, idx])[..., None]).exp_()
     # (T x G) @ (G x D) products land in dk/dv in place: no (H, T, D) temporaries
-    dv.baddbmm_(p.transpose(-1, -2), dog)
-    ds = (dog @ vf.transpose(-1, -2)).sub_(delta[:, idx][..., None]).mul_(p)
+    dp = dog @ vf.transpose(-1, -2)
+    if keep is None:
+        dv.baddbmm_(p.transpose(-1, -2), dog)
+    else:  # dropout: dV takes P k, and dS = P (dP k - delta)
+        dv.baddbmm_((p * keep).transpose(-1, -2), dog)
+        dp.mul_(keep)
+    ds = dp.sub_(delta[:, idx][..., None]).mul_(p)
     dq.index_add_(1, idx, ds @ kf, alpha=scale)
     dk.baddbmm_(ds.transpose(-1, -2), qg, alpha=scale)

@@ -17,6 +17,7 @@ import torch
 
 from . import _native
 from .blocked import _Plan, global_rows_backward, global_rows_forward
+from .dropout import keep_factor, threshold
 
 BLOCK = 64  # query rows per block: a multiple of the kernel's 2 * SIMD width (16 or 32 floats)
 
@@ -30,24 +31,79 @@ def supports(q: torch.Tensor) -> bool:
     return q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16, torch.float16)
 
 
-def compiled_attention(q, k, v, window, dilation, causal, key_valid, is_global, scale) -> torch.Tensor:
+def compiled_attention(q, k, v, window, dilation, causal, key_valid, is_global, scale, dropout=None) -> torch.Tensor:
     """Same contract as `blocked_attention`; CPU tensors of fp32, bf16 or fp16."""
     if q.device.type != "cpu":
         raise ValueError(f"impl='compiled' runs on the CPU only, got tensors on {q.device}; use impl='blocked' or 'auto'")
     if not supports(q):
         raise TypeError(f"impl='compiled' takes fp32, bf16 or fp16, got {q.dtype}; use impl='blocked' or 'auto'")
-    if _native.load() is None:
+    if not _available_constant():
         raise RuntimeError(
             f"the compiled kernel is not available: {_native.status().reason}. Use impl='blocked' or 'auto' "
             "(which falls back to it)."
         )
-    return _Compiled.apply(q, k, v, window, tuple(dilation), causal, key_valid, is_global, scale)
+    p, seed = dropout if dropout is not None else (0.0, 0)
+    out, _ = band_attention(q, k, v, key_valid, is_global, window, list(dilation), causal, float(scale), p, seed)
+    return out
+
+
+@torch.compiler.assume_constant_result
+def _available_constant() -> bool:
+    # evaluated once while torch.compile traces, instead of tracing into ctypes
+    return available()
+
+
+# The kernel as a torch custom op: opaque to torch.compile (which sees only the fake shapes below),
+# so a compiled model keeps the linear-memory kernel; the plan's data-dependent shapes stay inside.
+@torch.library.custom_op("longformer::band_attention", mutates_args=())
+def band_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor | None, is_global: torch.Tensor | None,
+    window: int, dilation: list[int], causal: bool, scale: float, dropout_p: float, seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out in q's dtype, per-row log-sum-exp fp32 (B, H, T)). dropout_p = 0: no dropout."""
+    return _forward(q, k, v, key_valid, is_global, window, tuple(dilation), causal, scale, dropout_p, seed)
+
+
+@band_attention.register_fake
+def _(q, k, v, key_valid, is_global, window, dilation, causal, scale, dropout_p, seed):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("longformer::band_attention_backward", mutates_args=())
+def band_attention_backward(
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    key_valid: torch.Tensor | None, is_global: torch.Tensor | None, window: int, dilation: list[int], causal: bool,
+    scale: float, dropout_p: float, seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(dout, q, k, v, out, lse, key_valid, is_global, window, tuple(dilation), causal, scale,
+                     dropout_p, seed)
+
+
+@band_attention_backward.register_fake
+def _(dout, q, k, v, out, lse, key_valid, is_global, window, dilation, causal, scale, dropout_p, seed):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, key_valid, is_global, window, dilation, causal, scale, dropout_p, seed = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, key_valid, is_global)
+    ctx.args = (window, dilation, causal, scale, dropout_p, seed)
+
+
+def _backward_rule(ctx, dout, _dlse):
+    q, k, v, out, lse, key_valid, is_global = ctx.saved_tensors
+    dq, dk, dv = band_attention_backward(dout.contiguous(), q, k, v, out, lse, key_valid, is_global, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+band_attention.register_autograd(_backward_rule, setup_context=_setup_context)
 
 
 class _Args:
     """The kernel's integer config and mask arrays, kept alive for the duration of the calls."""
 
-    def __init__(self, plan: _Plan, dilation: tuple[int, ...], D: int):
+    def __init__(self, plan: _Plan, dilation: tuple[int, ...], D: int, dropout_p: float, seed: int):
         B, H, T = plan.B, plan.H, plan.T
         counts = [0 if idx is None else idx.numel() for idx in plan.global_idx]
         self.Gmax = max(counts, default=0)
@@ -56,10 +112,20 @@ class _Args:
             if idx is not None:
                 self.gpos[b, : idx.numel()] = idx.cpu()
         self.gcount = torch.tensor(counts, dtype=torch.int64)
-        self.cfg = torch.tensor([B, H, T, D, plan.window, int(plan.causal), BLOCK, self.Gmax, *dilation], dtype=torch.int64)
+        self.thr = threshold(dropout_p)
+        self.seed = seed & 0xFFFFFFFF
+        self.cfg = torch.tensor(
+            [B, H, T, D, plan.window, int(plan.causal), BLOCK, self.Gmax, self.thr, self.seed, *dilation], dtype=torch.int64
+        )
         self.band_ok = None if plan.band_ok is None else plan.band_ok.to(torch.uint8).contiguous()
         self.key_valid = None if plan.key_valid is None else plan.key_valid.to(torch.uint8).contiguous()
         self.any_global = self.Gmax > 0
+
+    def keep(self, plan: _Plan, b: int, idx: torch.Tensor) -> torch.Tensor | None:
+        """Dropout keep factors (H, G, T) of the global rows idx of batch element b, or None."""
+        if not self.thr:
+            return None
+        return keep_factor(self.seed, self.thr, b, plan.H, idx, torch.arange(plan.T, device=idx.device))
 
     def masks(self) -> list:
         ptr = lambda t: None if t is None else ctypes.c_void_p(t.data_ptr())  # noqa: E731
@@ -77,47 +143,43 @@ def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr())
 
 
-class _Compiled(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, window, dilation, causal, key_valid, is_global, scale):
-        B, H, T, D = q.shape
-        plan = _Plan(q, window, dilation, causal, key_valid, is_global, scale)
-        args = _Args(plan, dilation, D)
-        qf, kf, vf = _fp32(q), _fp32(k), _fp32(v)
-        out = torch.empty(B, H, T, D, dtype=torch.float32)
-        lse = torch.empty(B, H, T, dtype=torch.float32)
-        _native.load().lf_band_forward(
-            _ptr(args.cfg), _ptr(qf), _ptr(kf), _ptr(vf), _ptr(out), _ptr(lse), *args.masks(), float(scale),
-            torch.get_num_threads(),
-        )
-        for b, idx in enumerate(plan.global_idx):
-            if idx is not None:
-                global_rows_forward(plan, b, idx, qf[b], kf[b], vf[b], out[b], lse[b])
-        out = out.to(q.dtype)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.plan, ctx.args, ctx.scale = plan, args, scale
-        return out
+def _forward(q, k, v, key_valid, is_global, window, dilation, causal, scale, dropout_p, seed):
+    B, H, T, D = q.shape
+    plan = _Plan(q, window, dilation, causal, key_valid, is_global, scale)
+    args = _Args(plan, dilation, D, dropout_p, seed)
+    qf, kf, vf = _fp32(q), _fp32(k), _fp32(v)
+    out = torch.empty(B, H, T, D, dtype=torch.float32)
+    lse = torch.empty(B, H, T, dtype=torch.float32)
+    _native.load().lf_band_forward(
+        _ptr(args.cfg), _ptr(qf), _ptr(kf), _ptr(vf), _ptr(out), _ptr(lse), *args.masks(), float(scale),
+        torch.get_num_threads(),
+    )
+    for b, idx in enumerate(plan.global_idx):
+        if idx is not None:
+            global_rows_forward(plan, b, idx, qf[b], kf[b], vf[b], out[b], lse[b], args.keep(plan, b, idx))
+    return out.to(q.dtype), lse
 
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, out, lse = ctx.saved_tensors
-        plan, args = ctx.plan, ctx.args
-        B, H, T, D = q.shape
-        qf, kf, vf, do = _fp32(q), _fp32(k), _fp32(v), _fp32(dout)
-        delta = (do * out.to(torch.float32)).sum(-1)  # (B, H, T), from the output as returned
-        do_loc, delta_loc = do, delta
-        if plan.is_global is not None:
-            # global rows took their output from part 3 only: parts 1 and 2 get no gradient there
-            local = ~plan.is_global[:, None, :]
-            do_loc, delta_loc = (do * local[..., None]).contiguous(), (delta * local).contiguous()
-        dq = torch.empty(B, H, T, D, dtype=torch.float32)
-        dk = torch.zeros(B, H, T, D, dtype=torch.float32)
-        dv = torch.zeros(B, H, T, D, dtype=torch.float32)
-        _native.load().lf_band_backward(
-            _ptr(args.cfg), _ptr(qf), _ptr(kf), _ptr(vf), _ptr(do_loc), _ptr(lse), _ptr(delta_loc),
-            _ptr(dq), _ptr(dk), _ptr(dv), *args.masks(), float(ctx.scale), torch.get_num_threads(),
-        )
-        for b, idx in enumerate(plan.global_idx):
-            if idx is not None:
-                global_rows_backward(plan, b, idx, qf[b], kf[b], vf[b], lse[b], do[b], delta[b], dq[b], dk[b], dv[b])
-        return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype), None, None, None, None, None, None
+
+def _backward(dout, q, k, v, out, lse, key_valid, is_global, window, dilation, causal, scale, dropout_p, seed):
+    B, H, T, D = q.shape
+    plan = _Plan(q, window, dilation, causal, key_valid, is_global, scale)
+    args = _Args(plan, dilation, D, dropout_p, seed)
+    qf, kf, vf, do = _fp32(q), _fp32(k), _fp32(v), _fp32(dout)
+    delta = (do * out.to(torch.float32)).sum(-1)  # (B, H, T), from the output as returned
+    do_loc, delta_loc = do, delta
+    if plan.is_global is not None:
+        # global rows took their output from part 3 only: parts 1 and 2 get no gradient there
+        local = ~plan.is_global[:, None, :]
+        do_loc, delta_loc = (do * local[..., None]).contiguous(), (delta * local).contiguous()
+    dq = torch.empty(B, H, T, D, dtype=torch.float32)
+    dk = torch.zeros(B, H, T, D, dtype=torch.float32)
+    dv = torch.zeros(B, H, T, D, dtype=torch.float32)
+    _native.load().lf_band_backward(
+        _ptr(args.cfg), _ptr(qf), _ptr(kf), _ptr(vf), _ptr(do_loc), _ptr(lse), _ptr(delta_loc),
+        _ptr(dq), _ptr(dk), _ptr(dv), *args.masks(), float(scale), torch.get_num_threads(),
+    )
+    for b, idx in enumerate(plan.global_idx):
+        if idx is not None:
+            global_rows_backward(plan, b, idx, qf[b], kf[b], vf[b], lse[b], do[b], delta[b], dq[b], dk[b], dv[b],
+                                 args.keep(plan, b, idx))
+    return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype)

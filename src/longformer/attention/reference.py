@@ -45,8 +45,12 @@ def reference_attention(
     key_valid: torch.Tensor | None,
     is_global: torch.Tensor | None,
     scale: float,
+    dropout: tuple[float, int] | None = None,
 ) -> torch.Tensor:
     """Masked softmax attention. q, k, v: (B, H, T, D) -> (B, H, T, D) in q's dtype.
+
+    dropout: (p, seed): probabilities are dropped with the hash mask of dropout.py (the one every
+    kernel uses) and the kept ones scaled by 1 / (1 - p), after the softmax.
 
     Products run in the input dtype (so a bf16 call shows bf16's own rounding error, which sets the
     tolerance for fast kernels); the softmax runs in fp32. Rows with no allowed key give 0.
@@ -60,4 +64,9 @@ def reference_attention(
     # and zero its probabilities instead.
     scores = scores.masked_fill(~has_any, 0.0)
     probs = torch.softmax(scores, dim=-1) * has_any
+    if dropout is not None:
+        from .dropout import dense_keep_factor, threshold
+
+        B, H = q.shape[:2]
+        probs = probs * dense_keep_factor(dropout[1], threshold(dropout[0]), B, H, T, q.device)
     return torch.matmul(probs.to(v.dtype), v)

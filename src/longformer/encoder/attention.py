@@ -12,16 +12,12 @@ tokens are global, they are a second `sliding_window_attention` call with the gl
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from ..attention import sliding_window_attention
-
-_warned_dropout = False
-
 
 class LongformerSelfAttention(nn.Module):
     """Args:
@@ -69,31 +65,19 @@ class LongformerSelfAttention(nn.Module):
 
         Returns the attention context (B, T, C), before the output projection; padded rows are 0.
 
-        Attention-probability dropout: `sliding_window_attention` has no dropout, so in training mode
-        with dropout > 0 it is not applied (a warning says so once); hidden dropout elsewhere still is.
+        Attention-probability dropout (training mode): local rows through the attention core's hash
+        mask, global rows with torch's dropout on their (G x T) probabilities, as transformers does.
         """
-        global _warned_dropout
         B, T, C = hidden.shape
         if attention_mask is not None and global_mask is not None:
             global_mask = global_mask & attention_mask  # padding wins, as in transformers
-        if self.training and self.dropout > 0 and not _warned_dropout:
-            _warned_dropout = True
-            warnings.warn(
-                f"attention-probability dropout (p={self.dropout}) is not applied: the attention core has no "
-                "dropout. Hidden-state dropout still applies.",
-                stacklevel=2,
-            )
         tracing = torch.compiler.is_compiling()
-        impl = self.impl
-        if tracing and impl == "auto":
-            # The blocked kernel plans with data-dependent shapes (nonzero of the masks), which
-            # torch.compile(fullgraph=True) cannot trace; the dense reference is the same math
-            # (the spec every kernel is tested against) and traces at fixed shapes.
-            impl = "reference"
+        impl = self.impl  # under torch.compile, "auto" picks a kernel that traces (see attention/api.py)
         q, k, v = self._heads(self.query(hidden)), self._heads(self.key(hidden)), self._heads(self.value(hidden))
         context = sliding_window_attention(
             q, k, v, self.window, dilation=self.dilation,
             attention_mask=attention_mask, global_attention_mask=global_mask, impl=impl,
+            dropout_p=self.dropout if self.training else 0.0,
         )  # (B, H, T, D)
 
         if global_mask is not None and tracing:
@@ -144,7 +128,8 @@ class LongformerSelfAttention(nn.Module):
         if attention_mask is not None:
             scores = scores.masked_fill(~attention_mask[:, None, None, :], float("-inf"))
         # A global row always sees itself, so no row is fully masked (no NaN).
-        out = torch.matmul(torch.softmax(scores, dim=-1).to(vg.dtype), vg)  # (B, H, G, D)
+        probs = nn.functional.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)
+        out = torch.matmul(probs.to(vg.dtype), vg)  # (B, H, G, D)
         b_idx, t_idx = global_mask.nonzero(as_tuple=True)  # row-major: matches `order` within each row
         values = out.transpose(1, 2)[real]  # (N, H, D)
         return context.transpose(1, 2).index_put((b_idx, t_idx), values.to(context.dtype)).transpose(1, 2)

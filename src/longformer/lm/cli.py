@@ -7,6 +7,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from ..attention import IMPLS
 from .config import PRESETS
 
 
@@ -27,7 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop-at", type=int, default=None, help="save and stop after this step, as a kill would")
-    p.add_argument("--attn-impl", default="auto", choices=("auto", "reference", "blocked"))
+    p.add_argument("--attn-impl", default="auto", choices=IMPLS)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train)
@@ -42,7 +43,7 @@ def register(subparsers) -> None:
     e.add_argument("--max-symbols", type=int, default=None, help="score only the first this-many symbols")
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--bf16", action="store_true")
-    e.add_argument("--attn-impl", default="auto", choices=("auto", "reference", "blocked"))
+    e.add_argument("--attn-impl", default="auto", choices=IMPLS)
     e.add_argument("--device", default="cpu", help="e.g. cpu, cuda")
     e.add_argument("--json", action="store_true", help="print one JSON object (with a 'bpc' field) on stdout")
     e.set_defaults(func=run_eval)

@@ -1,0 +1,100 @@
+"""Attention-probability dropout: the compiled kernel applies exactly the reference's hash mask
+(outputs and gradients), the mask has the right rate and no bias, and seeds behave."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from longformer import sliding_window_attention
+from longformer.attention import compiled
+from longformer.attention.dropout import dense_keep_factor, threshold
+
+needs_kernel = pytest.mark.skipif(not compiled.available(), reason="no C++ compiler: the compiled kernel is not built")
+
+
+def run(impl, q, k, v, dout, **kw):
+    q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    out = sliding_window_attention(q, k, v, impl=impl, **kw)
+    out.backward(dout)
+    return [out.detach(), q.grad, k.grad, v.grad]
+
+
+@needs_kernel
+@pytest.mark.parametrize("p", [0.1, 0.5])
+@pytest.mark.parametrize("dilation,causal,globals_,padding", [
+    ((1, 1), False, False, False),
+    ((1, 3), True, True, True),
+    ((2, 1), False, True, True),
+])
+def test_compiled_applies_the_reference_mask(p, dilation, causal, globals_, padding):
+    g = torch.Generator().manual_seed(7)
+    B, H, T, D = 2, len(dilation), 130, 8
+    q, k, v, dout = (torch.randn(B, H, T, D, generator=g) for _ in range(4))
+    kw = dict(window=6, dilation=dilation, causal=causal, dropout_p=p, dropout_seed=99)
+    if padding:
+        kw["attention_mask"] = torch.rand(B, T, generator=g) > 0.15
+    if globals_:
+        is_global = torch.zeros(B, T, dtype=torch.bool)
+        is_global[0, [0, 64]] = True
+        is_global[1, 129] = True
+        kw["global_attention_mask"] = is_global
+    truth = run("reference", q.double(), k.double(), v.double(), dout.double(), **kw)
+    got = run("compiled", q, k, v, dout, **kw)
+    for name, t, x in zip(("out", "dq", "dk", "dv"), truth, got):
+        torch.testing.assert_close(x.double(), t, atol=3e-5, rtol=3e-5, msg=name)
+
+
+@needs_kernel
+def test_bf16_dropout_matches_reference_within_rounding():
+    g = torch.Generator().manual_seed(8)
+    q, k, v, dout = (torch.randn(1, 2, 90, 16, generator=g) for _ in range(4))
+    kw = dict(window=5, dropout_p=0.2, dropout_seed=5)
+    truth = run("reference", q.double(), k.double(), v.double(), dout.double(), **kw)
+    got = run("compiled", *(t.bfloat16() for t in (q, k, v, dout)), **kw)
+    for t, x in zip(truth, got):
+        assert x.dtype == torch.bfloat16
+        assert (x.double() - t).abs().max().item() <= 0.02 * (1 + t.abs().max().item())
+
+
+def test_mask_rate_and_scale():
+    for p in (0.1, 0.3, 0.7):
+        keep = dense_keep_factor(seed=3, thr=threshold(p), B=2, H=3, T=200, device="cpu")
+        kept = (keep > 0).double().mean().item()
+        assert abs(kept - (1 - p)) < 0.01, (p, kept)
+        assert torch.allclose(keep[keep > 0], torch.tensor(1 / (1 - p), dtype=torch.float32))
+    a = dense_keep_factor(seed=3, thr=threshold(0.5), B=1, H=2, T=64, device="cpu")
+    assert not torch.equal(a[0, 0], a[0, 1]), "heads must get different masks"
+    assert not torch.equal(a, dense_keep_factor(seed=4, thr=threshold(0.5), B=1, H=2, T=64, device="cpu"))
+
+
+@needs_kernel
+def test_unbiased_on_average():
+    """The mean over many seeds approaches the output without dropout (kept values are rescaled)."""
+    g = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(1, 1, 64, 4, generator=g) for _ in range(3))
+    plain = sliding_window_attention(q, k, v, 8, impl="compiled")
+    mean = torch.stack([sliding_window_attention(q, k, v, 8, dropout_p=0.3, dropout_seed=s, impl="compiled")
+                        for s in range(400)]).mean(0)
+    assert (mean - plain).abs().mean().item() < 0.05 * plain.abs().mean().item()
+
+
+@needs_kernel
+def test_seeds():
+    q = torch.randn(1, 2, 80, 8)
+    f = lambda **kw: sliding_window_attention(q, q, q, 4, dropout_p=0.4, impl="compiled", **kw)  # noqa: E731
+    assert torch.equal(f(dropout_seed=1), f(dropout_seed=1))
+    assert not torch.equal(f(dropout_seed=1), f(dropout_seed=2))
+    torch.manual_seed(0)
+    a = f()
+    torch.manual_seed(0)
+    assert torch.equal(a, f()), "the default seed comes from torch's generator"
+
+
+def test_bad_dropout_arguments():
+    q = torch.randn(1, 1, 10, 4)
+    with pytest.raises(ValueError, match="dropout_p"):
+        sliding_window_attention(q, q, q, 2, dropout_p=1.0)
+    with pytest.raises(ValueError, match="dropout_p"):
+        sliding_window_attention(q, q, q, 2, dropout_p=-0.1)
+    with pytest.raises(NotImplementedError, match="impl='compiled'"):
+        sliding_window_attention(q, q, q, 2, dropout_p=0.1, impl="blocked")
