@@ -1,7 +1,6 @@
 """`longformer demo`: the main job end to end on a short generated document, plus its parts."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest

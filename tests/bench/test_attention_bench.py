@@ -43,7 +43,6 @@ def test_bench_rejects_bad_arguments():
 @pytest.mark.parametrize("causal", [False, True])
 def test_flex_block_mask_matches_the_pattern(causal):
     """The directly built BlockMask lists every key block that holds an allowed pair."""
-    import torch
 
     flex = pytest.importorskip("torch.nn.attention.flex_attention")
     T, w, g, block = 300, 20, 2, 128

@@ -1,7 +1,6 @@
 """Tokenization (never cut silently), length-bucketed batches and dynamic padding."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pytest
