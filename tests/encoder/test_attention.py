@@ -47,7 +47,7 @@ CASES = [  # T, window, dilation, padded lengths, global positions per row
 ]
 
 
-@pytest.mark.parametrize("impl", ["reference", "blocked"])
+@pytest.mark.parametrize("impl", ["reference", "blocked", "compiled"])
 @pytest.mark.parametrize("T,window,dilation,lengths,globals_", CASES)
 def test_layer_attention_matches_dense_statement(impl, T, window, dilation, lengths, globals_):
     torch.manual_seed(T + window)
