@@ -13,14 +13,7 @@ import torch
 from longformer import sliding_window_attention
 from longformer.attention import compiled
 
-needs_kernel = pytest.mark.skipif(not compiled.available(), reason="no C++ compiler: the compiled kernel is not built")
-
-
-def grads(impl, q, k, v, dout, **kw):
-    q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
-    out = sliding_window_attention(q, k, v, impl=impl, **kw)
-    out.backward(dout)
-    return [out.detach(), q.grad, k.grad, v.grad]
+from attn_helpers import grads, needs_kernel
 
 
 @needs_kernel

@@ -6,17 +6,9 @@ import pytest
 import torch
 
 from longformer import sliding_window_attention
-from longformer.attention import compiled
 from longformer.attention.dropout import dense_keep_factor, threshold
 
-needs_kernel = pytest.mark.skipif(not compiled.available(), reason="no C++ compiler: the compiled kernel is not built")
-
-
-def run(impl, q, k, v, dout, **kw):
-    q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
-    out = sliding_window_attention(q, k, v, impl=impl, **kw)
-    out.backward(dout)
-    return [out.detach(), q.grad, k.grad, v.grad]
+from attn_helpers import grads, needs_kernel
 
 
 @needs_kernel
@@ -38,8 +30,8 @@ def test_compiled_applies_the_reference_mask(p, dilation, causal, globals_, padd
         is_global[0, [0, 64]] = True
         is_global[1, 129] = True
         kw["global_attention_mask"] = is_global
-    truth = run("reference", q.double(), k.double(), v.double(), dout.double(), **kw)
-    got = run("compiled", q, k, v, dout, **kw)
+    truth = grads("reference", q.double(), k.double(), v.double(), dout.double(), **kw)
+    got = grads("compiled", q, k, v, dout, **kw)
     for name, t, x in zip(("out", "dq", "dk", "dv"), truth, got):
         torch.testing.assert_close(x.double(), t, atol=3e-5, rtol=3e-5, msg=name)
 
@@ -49,8 +41,8 @@ def test_bf16_dropout_matches_reference_within_rounding():
     g = torch.Generator().manual_seed(8)
     q, k, v, dout = (torch.randn(1, 2, 90, 16, generator=g) for _ in range(4))
     kw = dict(window=5, dropout_p=0.2, dropout_seed=5)
-    truth = run("reference", q.double(), k.double(), v.double(), dout.double(), **kw)
-    got = run("compiled", *(t.bfloat16() for t in (q, k, v, dout)), **kw)
+    truth = grads("reference", q.double(), k.double(), v.double(), dout.double(), **kw)
+    got = grads("compiled", *(t.bfloat16() for t in (q, k, v, dout)), **kw)
     for t, x in zip(truth, got):
         assert x.dtype == torch.bfloat16
         assert (x.double() - t).abs().max().item() <= 0.02 * (1 + t.abs().max().item())

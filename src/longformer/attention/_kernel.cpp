@@ -61,15 +61,8 @@ static const float NEG_INF = -INFINITY;
 // Dropout of attention probabilities. Whether probability (i, j) of head (b, h) is kept is a hash of
 // (seed, b * H + h, i, j): nothing is stored, backward regenerates the same mask, and dropout.py
 // computes the identical mask in torch for the global rows and the dense reference.
-static inline uint32_t fmix32(uint32_t x) {  // murmur3's finaliser
-    x ^= x >> 16;
-    x *= 0x85EBCA6Bu;
-    x ^= x >> 13;
-    x *= 0xC2B2AE35u;
-    x ^= x >> 16;
-    return x;
-}
-static inline vu vfmix32(vu x) {
+template <class U>  // uint32_t, or a vector of them (vu): the same operations either way
+static inline U fmix32(U x) {  // murmur3's finaliser
     x ^= x >> 16;
     x *= 0x85EBCA6Bu;
     x ^= x >> 13;
@@ -192,7 +185,7 @@ struct Problem {
     }
     // keep_scale where kept, 0 where dropped, for VW queries (row hashes rh) and key position j
     vf keep(vu rh, long j) const {
-        vu e = vfmix32(rh + (uint32_t)j * 0xC2B2AE3Du);
+        vu e = fmix32<vu>(rh + (uint32_t)j * 0xC2B2AE3Du);
         vi kept = (vi)(e >= (vu){} + drop_thr);
         return (vf)((vi)vset(keep_scale) & kept);
     }
