@@ -391,7 +391,6 @@ static void forward_item(const Problem &P, const Seq &s, const Item &it, const f
         if (G) gemm(c, Dp, Sg, 1, c, w.Vg, Dp, O, Dp, true, [&](long, long &lo, long &hi) {
             lo = 0, hi = G;
         });
-        (void)Gp;
         for (long a = 0; a < c && i0 + a < s.Tr; a++) {
             const long pos = s.m + (i0 + a) * s.r;
             float *dst = out + ((s.b * P.H + s.h) * P.T + pos) * P.D;

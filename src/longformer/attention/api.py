@@ -78,7 +78,7 @@ def sliding_window_attention(
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     dropout = _check_dropout(dropout_p, dropout_seed, tracing)
     if impl == "auto":
-        impl = _choose_impl(q, window, dilations)
+        impl = _choose_impl(q)
         if dropout is not None and impl == "blocked":
             impl = "reference"  # exact, but O(T^2): the blocked kernel has no dropout
     if impl == "reference":
@@ -96,7 +96,7 @@ def sliding_window_attention(
     return blocked_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale)
 
 
-def _choose_impl(q: torch.Tensor, window: int, dilations: tuple[int, ...]) -> str:
+def _choose_impl(q: torch.Tensor) -> str:
     B, H, T, _ = q.shape
     from . import compiled
 
