@@ -29,6 +29,30 @@ def test_bench_attention_tiny(tmp_path, capsys):
     assert out_png.stat().st_size > 0
 
 
+def test_bench_variants_tiny(tmp_path, capsys):
+    """--variants: every pattern row, timed in one subprocess; the plain row is the unit, and
+    --causal/--globals on the command line do not leak into the rows."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out_json = tmp_path / "v.json"
+    args = parser.parse_args(
+        ["--variants", "--lengths", "200", "--window", "8", "--heads", "4", "--head-dim", "8", "--repeats", "1",
+         "--impls", "blocked", "--causal", "--globals", "3", "--json", str(out_json)]
+    )
+    assert bench.run(args) == 0
+    text = capsys.readouterr().out
+    assert all(name in text for name, _ in bench._variants(4)) and "dilation 2,3,4,4" in text
+    rows = json.loads(out_json.read_text())["variants"]
+    assert [r["variant"] for r in rows] == [name for name, _ in bench._variants(4)]
+    for r in rows:
+        assert "error" not in r, r
+        assert r["fwd_ms"] > 0 and r["fb_ms"] > 0
+    patterns = dict(bench._variants(4))
+    assert patterns["plain window"] == {"globals": 0, "dilation": [1], "causal": False}
+
+
 def test_bench_rejects_bad_arguments():
     import argparse
 

@@ -1,4 +1,4 @@
-"""The compiled CPU kernel behind torch autograd.
+"""The compiled CPU kernel as a torch custom op (with autograd and fake-shape rules).
 
 Parts 1 and 2 of the pattern (the band, and every row against the global keys; see blocked.py) run
 fused in _kernel.cpp, forward and backward, over all heads, dilations and batch elements in one

@@ -44,7 +44,8 @@ WORKER = "from longformer.bench.attention import _worker; _worker()"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384], help="sequence lengths T")
+    parser.add_argument("--lengths", type=int, nargs="+", default=None,
+                        help="sequence lengths T (default 1024 4096 16384; 4096 with --variants)")
     parser.add_argument("--window", type=int, default=256, help="one-sided window w (default 256)")
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--head-dim", type=int, default=64)
@@ -73,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.quick:
         args.lengths, args.repeats = [512, 1024, 2048], 1
+    if args.lengths is None:
+        args.lengths = [4096] if args.variants else [1024, 4096, 16384]
     dilation = [int(x) for x in str(args.dilation).split(",")]
     if len(dilation) not in (1, args.heads) or min(dilation) < 1:
         raise ValueError(f"--dilation must be one int >= 1 or {args.heads} comma-separated ints, got {args.dilation!r}")
@@ -112,26 +115,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# name, changes to the base spec; dilation: heads 9..12 of 12 dilated (the paper dilates a few heads)
+# name, pattern; dilation: heads 9..12 of 12 dilated (the paper dilates a few heads). Each variant sets
+# globals, dilation and causal itself, so --globals/--dilation/--causal do not leak into the rows.
 def _variants(heads: int) -> list[tuple[str, dict]]:
     dilated = [1] * heads
     for i, r in zip(range(max(0, heads - 4), heads), (2, 3, 4, 4)):
         dilated[i] = r
+
+    def pattern(globals=0, dilation=(1,), causal=False):
+        return dict(globals=globals, dilation=list(dilation), causal=causal)
+
     return [
-        ("plain window", dict(globals=0)),
-        ("dilation " + ",".join(map(str, dilated)), dict(globals=0, dilation=dilated)),
-        ("causal", dict(globals=0, causal=True)),
-        ("1 global token", dict(globals=1)),
-        ("8 global tokens", dict(globals=8)),
-        ("64 global tokens", dict(globals=64)),
-        ("causal + dilation + 8 globals", dict(globals=8, causal=True, dilation=dilated)),
+        ("plain window", pattern()),
+        ("dilation " + ",".join(map(str, dilated)), pattern(dilation=dilated)),
+        ("causal", pattern(causal=True)),
+        ("1 global token", pattern(globals=1)),
+        ("8 global tokens", pattern(globals=8)),
+        ("64 global tokens", pattern(globals=64)),
+        ("causal + dilation + 8 globals", pattern(globals=8, causal=True, dilation=dilated)),
     ]
 
 
 def _run_variants(args: argparse.Namespace, base: dict, impls: list[str]) -> int:
     from tqdm import tqdm
 
-    lengths = args.lengths if args.lengths != [1024, 4096, 16384] else [4096]
+    lengths = args.lengths
     variants = _variants(args.heads)
     rows = []
     # one subprocess per (impl, T), timing all variants round-robin inside it (see measure_interleaved)
