@@ -139,7 +139,7 @@ def _kernel_build() -> dict:
         if not st.available:
             return dict(error=f"not available: {st.reason}")
         simd = _native.load().lf_simd_width()
-        _native._lib = _native._status = None  # forget it: time loading the cached file
+        _native.forget()  # time loading the cached file
         t0 = time.perf_counter()
         again = _native.status()
         load_ms = 1e3 * (time.perf_counter() - t0)

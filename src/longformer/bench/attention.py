@@ -39,6 +39,8 @@ import os
 import subprocess
 import sys
 
+from .._files import atomic_write_text
+
 PEERS = ("sdpa-dense", "transformers", "local-attention", "flex")
 WORKER = "from longformer.bench.attention import _worker; _worker()"
 
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json == "-":
             print(payload)
         else:
-            _write_atomic(args.json, payload)
+            atomic_write_text(args.json, payload)
     if args.plot:
         _plot(report, args.plot)
     return 0
@@ -168,15 +170,8 @@ def _run_variants(args: argparse.Namespace, base: dict, impls: list[str]) -> int
     print("\n".join(lines))
     if args.json:
         payload = json.dumps(dict(config=base, variants=rows), indent=2)
-        print(payload) if args.json == "-" else _write_atomic(args.json, payload)
+        print(payload) if args.json == "-" else atomic_write_text(args.json, payload)
     return 0
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _in_subprocess(spec: dict, timeout: float) -> dict:
