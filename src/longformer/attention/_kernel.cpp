@@ -306,15 +306,21 @@ struct Work {
         }
     }
 
+    // Out (Lp x c) = W Bt for the Lp window rows W (Dp wide) and Bt (Dp x c), on the tiles that touch
+    // the band only: tiles wholly outside it are left unset (callers mask or zero them).
+    void band_product(const float *W, const float *Bt, float *out) const {
+        const long c = g.c, Dp = P.Dp;
+        for (long a0 = 0; a0 < c; a0 += NR)
+            for (long l0 = 0; l0 < g.Lp; l0 += MR) {
+                if (l0 + MR - 1 < a0 || l0 > a0 + NR - 1 + g.span) continue;
+                kernel(Dp, W + l0 * Dp, Dp, 1, Bt + a0, c, out + l0 * c + a0, c, MR, false);
+            }
+    }
+
     // St (Lp x c) and Sg (Gp x c): masked, scaled scores of block blk (packed window at row w0).
     void scores(const float *Qt, long w0, long i0, float *St, float *Sg) const {
         const long c = g.c, Lp = g.Lp, span = g.span, Dp = P.Dp;
-        const float *Kw = &Kp[w0 * Dp];
-        for (long a0 = 0; a0 < c; a0 += NR)
-            for (long l0 = 0; l0 < Lp; l0 += MR) {
-                if (l0 + MR - 1 < a0 || l0 > a0 + NR - 1 + span) continue;  // wholly outside the band
-                kernel(Dp, Kw + l0 * Dp, Dp, 1, Qt + a0, c, St + l0 * c + a0, c, MR, false);
-            }
+        band_product(&Kp[w0 * Dp], Qt, St);
         for (long l = 0; l < Lp; l++) {
             float *srow = St + l * c;
             if (!kok[w0 + l]) {
@@ -432,11 +438,7 @@ static void backward_item(const Problem &P, const Seq &s, const Item &it, const 
         w.scores(Qt, w0, i0, St, Sg);
         const float *Kw = &w.Kp[w0 * Dp], *Vw = &w.Vp[w0 * Dp];
         // dPt = Vw dO^T on the band tiles; the rest stays unset and is masked by p = 0 below
-        for (long a0 = 0; a0 < c; a0 += NR)
-            for (long l0 = 0; l0 < Lp; l0 += MR) {
-                if (l0 + MR - 1 < a0 || l0 > a0 + NR - 1 + span) continue;
-                kernel(Dp, Vw + l0 * Dp, Dp, 1, dOt + a0, c, &dSt[l0 * c + a0], c, MR, false);
-            }
+        w.band_product(Vw, dOt, dSt);
         if (G) gemm(Gp, c, w.Vg, Dp, 1, dOt, c, dSg, c, false, [&](long, long &lo, long &hi) {
             lo = 0, hi = Dp;
         });
