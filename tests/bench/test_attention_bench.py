@@ -43,14 +43,21 @@ def test_bench_variants_tiny(tmp_path, capsys):
     )
     assert bench.run(args) == 0
     text = capsys.readouterr().out
-    assert all(name in text for name, _ in bench._variants(4)) and "dilation 2,3,4,4" in text
+    names = [name for name, _, _ in bench._variants(4, "float32")]
+    assert all(name in text for name in names) and "dilation 2,3,4,4" in text
     rows = json.loads(out_json.read_text())["variants"]
-    assert [r["variant"] for r in rows] == [name for name, _ in bench._variants(4)]
+    assert [r["variant"] for r in rows] == names
     for r in rows:
         assert "error" not in r, r
         assert r["fwd_ms"] > 0 and r["fb_ms"] > 0
-    patterns = dict(bench._variants(4))
+    patterns = {name: change for name, change, _ in bench._variants(4, "float32")}
     assert patterns["plain window"] == {"globals": 0, "dilation": [1], "causal": False}
+    # the bf16 row is compared with its fp32 twin, and its error against fp32 on the same inputs is
+    # about bf16's rounding (blocked computes in bf16 here, so a few roundings)
+    bf16 = rows[names.index("bf16, 1 global token")]
+    assert bf16["vs"] == "1 global token" and 0 < bf16["rel_err"] < 0.05
+    assert all(r["rel_err"] is None for r in rows if r is not bf16)
+    assert "bf16" not in " ".join(name for name, _, _ in bench._variants(4, "bfloat16"))
 
 
 def test_bench_rejects_bad_arguments():

@@ -2,8 +2,16 @@
 // attends the global keys) of blocked.py, forward and backward, in one pass over query blocks.
 //
 // Plain C++ with no torch headers: it compiles in about a second with g++ -O3 -march=native
-// -fopenmp and is loaded with ctypes (see _native.py). Tensors arrive as raw fp32 pointers of
-// contiguous (B, H, T, D) arrays.
+// -fopenmp and is loaded with ctypes (see _native.py). q, k, v, dout and out arrive as raw pointers
+// to contiguous (B, H, T, D) arrays of fp32, bf16 or fp16 (Problem::dtype): they are widened to fp32
+// while being packed, so low-precision inputs cost no separate conversion pass. Everything else
+// (log-sum-exp, delta, the gradients) is fp32.
+//
+// bf16 forward with bf16 dot products: where the CPU has AVX512-BF16, the four products of the
+// forward take bf16 operands in pairs (vdpbf16ps: two bf16 products summed into each fp32 lane, at
+// twice the FMA rate), with fp32 accumulation and an fp32 softmax; probabilities are rounded to bf16
+// for the P V product. Elsewhere the same code runs with the pair product emulated by two FMAs
+// (exact, the same operation order), which is how the tests check it on any machine.
 //
 // A head with dilation r is r independent undilated sequences (rows m, m + r, m + 2r, ...): the
 // kernel walks them with a row stride of r * D, so dilation costs no copy. Each sequence is cut
@@ -38,6 +46,14 @@ typedef float vf __attribute__((vector_size(VW * 4)));
 typedef int32_t vi __attribute__((vector_size(VW * 4)));
 typedef uint32_t vu __attribute__((vector_size(VW * 4)));
 
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#define BF16_DOT_NATIVE 1
+#else
+#define BF16_DOT_NATIVE 0
+#endif
+
+enum Dtype { F32 = 0, BF16 = 1, F16 = 2 };
+
 static inline vf vld(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline void vst(float *p, vf v) { memcpy(p, &v, sizeof v); }
 static inline vu vldu(const uint32_t *p) { vu v; memcpy(&v, p, sizeof v); return v; }
@@ -54,7 +70,83 @@ static inline vf vset(float x) {
     return v;
 #endif
 }
+static inline vu vsetu(uint32_t x) {
+#if defined(__AVX512F__)
+    return (vu)_mm512_set1_epi32((int)x);
+#elif defined(__AVX__)
+    return (vu)_mm256_set1_epi32((int)x);
+#else
+    vu v;
+    for (int i = 0; i < VW; i++) v[i] = x;
+    return v;
+#endif
+}
 static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+
+// The micro-kernel's element operations, for fp32 operands and for bf16 pairs (a uint32_t holding
+// two bf16, the even element in the low half): acc + a * b, or acc + a.hi * b.hi + a.lo * b.lo.
+static inline vf vload(const float *p) { return vld(p); }
+static inline vu vload(const uint32_t *p) { return vldu(p); }
+static inline vf vbcast(float x) { return vset(x); }
+static inline vu vbcast(uint32_t x) { return vsetu(x); }
+static inline vf madd(vf acc, vf a, vf b) { return acc + a * b; }
+static inline vf madd(vf acc, vu a, vu b) {
+#if BF16_DOT_NATIVE
+    return (vf)_mm512_dpbf16_ps((__m512)acc, (__m512bh)a, (__m512bh)b);
+#else
+    // vdpbf16ps adds the odd (high) product first, then the even one; bf16 x bf16 is exact in fp32
+    const vu hi = vsetu(0xFFFF0000u);
+    acc += (vf)(a & hi) * (vf)(b & hi);
+    return acc + (vf)(a << 16) * (vf)(b << 16);
+#endif
+}
+
+// Scalar conversions, rounding to nearest even as torch does.
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40);  // NaN stays a (quiet) NaN
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1)) >> 16);
+}
+// bf16 bits (in the low half) of VW non-negative finite floats
+static inline vu vbf16_bits(vf x) {
+    const vu u = (vu)x;
+    return (u + vsetu(0x7FFFu) + ((u >> 16) & vsetu(1u))) >> 16;
+}
+
+// n elements from x (of dtype dt) at element offset off, widened to fp32 and multiplied by scale
+static void load_row(int dt, const void *x, long off, float *dst, long n, float scale) {
+    if (dt == F32) {
+        const float *s = (const float *)x + off;
+        for (long i = 0; i < n; i++) dst[i] = s[i] * scale;
+    } else if (dt == BF16) {
+        const uint16_t *s = (const uint16_t *)x + off;
+        for (long i = 0; i < n; i++) dst[i] = bf16_to_f32(s[i]) * scale;
+    } else {
+        const _Float16 *s = (const _Float16 *)x + off;
+        for (long i = 0; i < n; i++) dst[i] = (float)s[i] * scale;
+    }
+}
+
+// n fp32 values times scale, rounded into x (of dtype dt) at element offset off
+static void store_row(int dt, void *x, long off, const float *src, long n, float scale) {
+    if (dt == F32) {
+        float *d = (float *)x + off;
+        for (long i = 0; i < n; i++) d[i] = src[i] * scale;
+    } else if (dt == BF16) {
+        uint16_t *d = (uint16_t *)x + off;
+        for (long i = 0; i < n; i++) d[i] = f32_to_bf16(src[i] * scale);
+    } else {
+        _Float16 *d = (_Float16 *)x + off;
+        for (long i = 0; i < n; i++) d[i] = (_Float16)(src[i] * scale);
+    }
+}
 
 static const float NEG_INF = -INFINITY;
 
@@ -94,23 +186,25 @@ static inline vf vexp(vf x) {
     return x < lo ? vset(0.0f) : y;
 }
 
-// C[i][0:NR] (+)= sum_p A(i, p) * B[p][0:NR] for i < mr, A(i, p) = A[i * ars + p * acs].
+// C[i][0:NR] (+)= sum_p A(i, p) * B[p][0:NR] for i < mr, A(i, p) = A[i * ars + p * acs]; E is float,
+// or uint32_t for bf16 pairs (then p counts pairs and each term is a pair product, see madd).
 // Rows mr..MR-1 of A are read (callers keep them in bounds) and their results dropped.
-static void kernel(long K, const float *A, long ars, long acs, const float *B, long ldb, float *C, long ldc,
-                   int mr, bool accumulate) {
+template <class E>
+static void kernel(long K, const E *A, long ars, long acs, const E *B, long ldb, float *C, long ldc, int mr,
+                   bool accumulate) {
     vf c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {};
     vf c30 = {}, c31 = {}, c40 = {}, c41 = {}, c50 = {}, c51 = {};
-    const float *a1 = A + ars, *a2 = A + 2 * ars, *a3 = A + 3 * ars, *a4 = A + 4 * ars, *a5 = A + 5 * ars;
+    const E *a1 = A + ars, *a2 = A + 2 * ars, *a3 = A + 3 * ars, *a4 = A + 4 * ars, *a5 = A + 5 * ars;
     for (long p = 0; p < K; p++) {
-        const vf b0 = vld(B), b1 = vld(B + VW);
+        const auto b0 = vload(B), b1 = vload(B + VW);
         const long o = p * acs;
-        vf a;
-        a = vset(A[o]);  c00 += a * b0; c01 += a * b1;
-        a = vset(a1[o]); c10 += a * b0; c11 += a * b1;
-        a = vset(a2[o]); c20 += a * b0; c21 += a * b1;
-        a = vset(a3[o]); c30 += a * b0; c31 += a * b1;
-        a = vset(a4[o]); c40 += a * b0; c41 += a * b1;
-        a = vset(a5[o]); c50 += a * b0; c51 += a * b1;
+        auto a = vbcast(A[o]);
+        c00 = madd(c00, a, b0), c01 = madd(c01, a, b1);
+        a = vbcast(a1[o]), c10 = madd(c10, a, b0), c11 = madd(c11, a, b1);
+        a = vbcast(a2[o]), c20 = madd(c20, a, b0), c21 = madd(c21, a, b1);
+        a = vbcast(a3[o]), c30 = madd(c30, a, b0), c31 = madd(c31, a, b1);
+        a = vbcast(a4[o]), c40 = madd(c40, a, b0), c41 = madd(c41, a, b1);
+        a = vbcast(a5[o]), c50 = madd(c50, a, b0), c51 = madd(c51, a, b1);
         B += ldb;
     }
     const vf rows[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
@@ -128,8 +222,8 @@ static void kernel(long K, const float *A, long ars, long acs, const float *B, l
 
 // C (m x n, n a multiple of NR) (+)= A (m x K) B (K x n), all rows of A in bounds up to m rounded
 // up to MR. Row tile i0 uses only the K range [klo(i0), khi(i0)) (the band), given by the caller.
-template <class Range>
-static void gemm(long m, long n, const float *A, long ars, long acs, const float *B, long ldb, float *C, long ldc,
+template <class E, class Range>
+static void gemm(long m, long n, const E *A, long ars, long acs, const E *B, long ldb, float *C, long ldc,
                  bool accumulate, Range range) {
     for (long n0 = 0; n0 < n; n0 += NR)
         for (long i0 = 0; i0 < m; i0 += MR) {
@@ -156,20 +250,25 @@ namespace {
 // MB would come from mmap and be faulted in page by page on every call.
 struct Scratch {
     std::vector<float> f[20];
+    std::vector<uint32_t> w[8];  // bf16 pairs
     std::vector<uint8_t> u[2];
     std::vector<long> l;
 };
 thread_local Scratch scratch;
 
-float *fbuf(int i, long n, bool zero) {
-    std::vector<float> &v = scratch.f[i];
+template <class E>
+E *grow(std::vector<E> &v, long n, bool zero) {
     if ((long)v.size() < n) v.resize(n);
-    if (zero) memset(v.data(), 0, n * sizeof(float));
+    if (zero) memset(v.data(), 0, n * sizeof(E));
     return v.data();
 }
+float *fbuf(int i, long n, bool zero) { return grow(scratch.f[i], n, zero); }
+uint32_t *wbuf(int i, long n, bool zero) { return grow(scratch.w[i], n, zero); }
 
 struct Problem {
     long B, H, T, D, Dp, window, causal, block, Gmax;
+    int dtype;   // of q, k, v, dout and out (Dtype)
+    bool dot16;  // forward with bf16 pair products (dtype is BF16)
     const long *dil;
     const uint8_t *band_ok;    // (B, T) keys the window may use (valid, not global), or null
     const uint8_t *key_valid;  // (B, T) or null: validity of global keys
@@ -228,53 +327,92 @@ void plan(const Problem &P, int threads, std::vector<Seq> &seqs, std::vector<Ite
     }
 }
 
-inline const float *row(const float *x, const Problem &P, const Seq &s, long slot) {
-    return x + ((s.b * P.H + s.h) * P.T + s.m + slot * s.r) * P.D;
+inline long row_off(const Problem &P, const Seq &s, long slot) {  // element offset of a row of (B, H, T, D)
+    return ((s.b * P.H + s.h) * P.T + s.m + slot * s.r) * P.D;
 }
+inline long head_off(const Problem &P, const Seq &s, long pos) { return ((s.b * P.H + s.h) * P.T + pos) * P.D; }
 
 // Per-item buffers and the packed keys/values of the item's key range (zero outside the sequence).
+// fp32 (Kp, Vp, Kg, Vg: rows of Dp floats), or with P.dot16 bf16 pairs: keys as rows of Dp / 2 pairs
+// along d (Kb, Kgb), values as rows of Dp pairs along the key index (V2, Vg2: row p holds keys 2p and
+// 2p + 1), the layouts the pair micro-kernel reads as A and B.
 struct Work {
     const Problem &P;
     const Seq &s;
     Geometry g;
     long first;  // slot of packed row 0
-    long rows;   // packed rows
+    long rows;   // packed rows (even)
     long G, Gp;
-    float *Kp, *Vp, *Kg, *Vg;  // (rows, Dp) packed window keys/values, (Gp, Dp) global keys/values
-    uint8_t *kok, *gok;        // may the band use packed row i; is global key i valid
-    long *gpos;                // positions of the global keys
+    float *Kp = nullptr, *Vp = nullptr, *Kg = nullptr, *Vg = nullptr;
+    uint32_t *Kb = nullptr, *V2 = nullptr, *Kgb = nullptr, *Vg2 = nullptr;
+    uint8_t *kok, *gok;  // may the band use packed row i; is global key i valid
+    long *gpos;          // positions of the global keys
 
-    Work(const Problem &P, const Seq &s, const Item &it, const float *k, const float *v)
+    Work(const Problem &P, const Seq &s, const Item &it, const void *k, const void *v)
         : P(P), s(s), g(P, s.Tr) {
         first = it.blk0 * g.c - g.left;
         rows = (it.blk1 - it.blk0 - 1) * g.c + g.Lp;
-        Kp = fbuf(0, rows * P.Dp, true);
-        Vp = fbuf(1, rows * P.Dp, true);
         scratch.u[0].assign(rows, 0);
         kok = scratch.u[0].data();
-        for (long i = 0; i < rows; i++) {
-            long j = first + i;
-            if (j < 0 || j >= s.Tr) continue;
-            memcpy(&Kp[i * P.Dp], row(k, P, s, j), P.D * sizeof(float));
-            memcpy(&Vp[i * P.Dp], row(v, P, s, j), P.D * sizeof(float));
-            kok[i] = P.band_ok ? P.band_ok[s.b * P.T + s.m + j * s.r] : 1;
-        }
         G = P.gcount ? P.gcount[s.b] : 0;
         Gp = round_up(G, MR);
-        Kg = fbuf(2, Gp * P.Dp, true);
-        Vg = fbuf(3, Gp * P.Dp, true);
         scratch.u[1].assign(Gp + 1, 0);
         gok = scratch.u[1].data();
         scratch.l.assign(Gp + 1, 0);
         gpos = scratch.l.data();
+        for (long i = 0; i < rows; i++) {
+            long j = first + i;
+            if (j >= 0 && j < s.Tr) kok[i] = P.band_ok ? P.band_ok[s.b * P.T + s.m + j * s.r] : 1;
+        }
         for (long i = 0; i < G; i++) {
-            long pos = P.gpos[s.b * P.Gmax + i];
-            const float *kr = k + ((s.b * P.H + s.h) * P.T + pos) * P.D;
-            const float *vr = v + ((s.b * P.H + s.h) * P.T + pos) * P.D;
-            memcpy(&Kg[i * P.Dp], kr, P.D * sizeof(float));
-            memcpy(&Vg[i * P.Dp], vr, P.D * sizeof(float));
-            gok[i] = P.key_valid ? P.key_valid[s.b * P.T + pos] : 1;
-            gpos[i] = pos;
+            gpos[i] = P.gpos[s.b * P.Gmax + i];
+            gok[i] = P.key_valid ? P.key_valid[s.b * P.T + gpos[i]] : 1;
+        }
+        if (P.dot16)
+            pack_pairs(k, v);
+        else
+            pack_fp32(k, v);
+    }
+
+    void pack_fp32(const void *k, const void *v) {
+        const long Dp = P.Dp, D = P.D;
+        Kp = fbuf(0, rows * Dp, true);
+        Vp = fbuf(1, rows * Dp, true);
+        for (long i = 0; i < rows; i++) {
+            long j = first + i;
+            if (j < 0 || j >= s.Tr) continue;
+            load_row(P.dtype, k, row_off(P, s, j), &Kp[i * Dp], D, 1.0f);
+            load_row(P.dtype, v, row_off(P, s, j), &Vp[i * Dp], D, 1.0f);
+        }
+        Kg = fbuf(2, Gp * Dp, true);
+        Vg = fbuf(3, Gp * Dp, true);
+        for (long i = 0; i < G; i++) {
+            load_row(P.dtype, k, head_off(P, s, gpos[i]), &Kg[i * Dp], D, 1.0f);
+            load_row(P.dtype, v, head_off(P, s, gpos[i]), &Vg[i * Dp], D, 1.0f);
+        }
+    }
+
+    // bf16 inputs, copied bit for bit into the pair layouts
+    void pack_pairs(const void *k, const void *v) {
+        const long Dp = P.Dp, D = P.D;
+        const uint16_t *k16 = (const uint16_t *)k, *v16 = (const uint16_t *)v;
+        Kb = wbuf(0, rows * Dp / 2, true);
+        V2 = wbuf(1, rows / 2 * Dp, true);
+        uint16_t *kb = (uint16_t *)Kb, *v2 = (uint16_t *)V2;
+        for (long i = 0; i < rows; i++) {
+            long j = first + i;
+            if (j < 0 || j >= s.Tr) continue;
+            const long o = row_off(P, s, j);
+            memcpy(&kb[i * Dp], &k16[o], D * sizeof(uint16_t));
+            for (long d = 0; d < D; d++) v2[((i / 2) * Dp + d) * 2 + (i & 1)] = v16[o + d];
+        }
+        Kgb = wbuf(2, Gp * Dp / 2, true);
+        Vg2 = wbuf(3, Gp / 2 * Dp, true);
+        uint16_t *kg = (uint16_t *)Kgb, *vg = (uint16_t *)Vg2;
+        for (long i = 0; i < G; i++) {
+            const long o = head_off(P, s, gpos[i]);
+            memcpy(&kg[i * Dp], &k16[o], D * sizeof(uint16_t));
+            for (long d = 0; d < D; d++) vg[((i / 2) * Dp + d) * 2 + (i & 1)] = v16[o + d];
         }
     }
 
@@ -294,33 +432,51 @@ struct Work {
     long key_pos(long i0, long l) const { return s.m + (i0 - g.left + l) * s.r; }  // of window row l
 
     // (Dp x c) transpose of the block's rows of x (scaled), and optionally the (c x Dp) copy.
-    void pack_rows(const float *x, long i0, float scale, float *t, float *n) const {
+    void pack_rows(const void *x, long i0, float scale, float *t, float *n) const {
         const long c = g.c, Dp = P.Dp, D = P.D;
+        float *src = fbuf(19, D, false);
         memset(t, 0, Dp * c * sizeof(float));
         if (n) memset(n, 0, c * Dp * sizeof(float));
         for (long a = 0; a < c && i0 + a < s.Tr; a++) {
-            const float *src = row(x, P, s, i0 + a);
-            for (long d = 0; d < D; d++) t[d * c + a] = src[d] * scale;
-            if (n)
-                for (long d = 0; d < D; d++) n[a * Dp + d] = src[d] * scale;
+            load_row(P.dtype, x, row_off(P, s, i0 + a), src, D, scale);
+            for (long d = 0; d < D; d++) t[d * c + a] = src[d];
+            if (n) memcpy(&n[a * Dp], src, D * sizeof(float));
         }
     }
 
-    // Out (Lp x c) = W Bt for the Lp window rows W (Dp wide) and Bt (Dp x c), on the tiles that touch
-    // the band only: tiles wholly outside it are left unset (callers mask or zero them).
-    void band_product(const float *W, const float *Bt, float *out) const {
-        const long c = g.c, Dp = P.Dp;
+    // (Dp / 2 x c) pairs along d of the block's rows of the bf16 array x (unscaled), the B operand of
+    // the scores with pair products
+    void pack_rows_pairs(const void *x, long i0, uint32_t *t) const {
+        const long c = g.c, Dp = P.Dp, D = P.D;
+        const uint16_t *x16 = (const uint16_t *)x;
+        uint16_t *t16 = (uint16_t *)t;
+        memset(t, 0, Dp / 2 * c * sizeof(uint32_t));
+        for (long a = 0; a < c && i0 + a < s.Tr; a++) {
+            const long o = row_off(P, s, i0 + a);
+            for (long d = 0; d < D; d++) t16[((d / 2) * c + a) * 2 + (d & 1)] = x16[o + d];
+        }
+    }
+
+    // Out (Lp x c) = W Bt for the Lp window rows W (K wide) and Bt (K x c), on the tiles that touch the
+    // band only: tiles wholly outside it are left unset (callers mask or zero them).
+    template <class E>
+    void band_product(const E *W, const E *Bt, long K, float *out) const {
+        const long c = g.c;
         for (long a0 = 0; a0 < c; a0 += NR)
             for (long l0 = 0; l0 < g.Lp; l0 += MR) {
                 if (l0 + MR - 1 < a0 || l0 > a0 + NR - 1 + g.span) continue;
-                kernel(Dp, W + l0 * Dp, Dp, 1, Bt + a0, c, out + l0 * c + a0, c, MR, false);
+                kernel(K, W + l0 * K, K, 1, Bt + a0, c, out + l0 * c + a0, c, MR, false);
             }
     }
 
-    // St (Lp x c) and Sg (Gp x c): masked, scaled scores of block blk (packed window at row w0).
-    void scores(const float *Qt, long w0, long i0, float *St, float *Sg) const {
+    // St (Lp x c) and Sg (Gp x c): masked scores of block blk (packed window at row w0), from the
+    // scaled fp32 Qt, or with P.dot16 from the unscaled pairs Q2 (the softmax applies the scale).
+    void scores(const float *Qt, const uint32_t *Q2, long w0, long i0, float *St, float *Sg) const {
         const long c = g.c, Lp = g.Lp, span = g.span, Dp = P.Dp;
-        band_product(&Kp[w0 * Dp], Qt, St);
+        if (P.dot16)
+            band_product(&Kb[w0 * Dp / 2], Q2, Dp / 2, St);
+        else
+            band_product(&Kp[w0 * Dp], Qt, Dp, St);
         for (long l = 0; l < Lp; l++) {
             float *srow = St + l * c;
             if (!kok[w0 + l]) {
@@ -332,7 +488,11 @@ struct Work {
             for (long a = hi + 1; a < c; a++) srow[a] = NEG_INF;
         }
         if (!G) return;
-        gemm(Gp, c, Kg, Dp, 1, Qt, c, Sg, c, false, [&](long, long &lo, long &hi) { lo = 0, hi = Dp; });
+        auto all_k = [&](long, long &lo, long &hi) { lo = 0, hi = P.dot16 ? Dp / 2 : Dp; };
+        if (P.dot16)
+            gemm(Gp, c, Kgb, Dp / 2, 1, Q2, c, Sg, c, false, all_k);
+        else
+            gemm(Gp, c, Kg, Dp, 1, Qt, c, Sg, c, false, all_k);
         for (long i = 0; i < Gp; i++) {
             float *srow = Sg + i * c;
             if (i >= G || !gok[i]) {
@@ -343,6 +503,62 @@ struct Work {
             }
         }
     }
+
+    // Forward softmax of block i0 down the columns of St and Sg, VW queries at a time over the rows the
+    // band can reach: probabilities (dropped out if asked) in place, per-query max (of the scores
+    // times sc) and sum of the undropped probabilities.
+    void softmax(long i0, float sc, float *St, float *Sg, float *mx, float *sm) const {
+        const long c = g.c;
+        const vf scv = vset(sc);
+        uint32_t rh[VW];
+        for (long a0 = 0; a0 < c; a0 += VW) {
+            long l0, l1;
+            reach(a0, l0, l1);
+            vf m = vset(NEG_INF);
+            for (long l = l0; l < l1; l++) m = vmax(m, vld(&St[l * c + a0]) * scv);
+            for (long i = 0; i < G; i++) m = vmax(m, vld(&Sg[i * c + a0]) * scv);
+            const vf base = m == vset(NEG_INF) ? vset(0.0f) : m;  // empty column: every p = 0
+            vf sum = {};
+            for (long l = l0; l < l1; l++) {
+                vf p = vexp(vld(&St[l * c + a0]) * scv - base);
+                vst(&St[l * c + a0], p);
+                sum += p;
+            }
+            for (long i = 0; i < G; i++) {
+                vf p = vexp(vld(&Sg[i * c + a0]) * scv - base);
+                vst(&Sg[i * c + a0], p);
+                sum += p;
+            }
+            vst(&mx[a0], m);
+            vst(&sm[a0], sum);
+            if (P.drop_thr) {  // the sum above is of the undropped probabilities: the softmax's
+                row_hashes_into(i0, a0, rh);
+                const vu r = vldu(rh);
+                for (long l = l0; l < l1; l++) vst(&St[l * c + a0], vld(&St[l * c + a0]) * P.keep(r, key_pos(i0, l)));
+                for (long i = 0; i < G; i++) vst(&Sg[i * c + a0], vld(&Sg[i * c + a0]) * P.keep(r, gpos[i]));
+            }
+        }
+    }
+
+    // P2 ((Lp / 2) x c pairs along the key index) = St rounded to bf16, over the rows each column group
+    // reached (0 beyond them): the A operand of P V with pair products. Pg2 likewise from Sg.
+    void probabilities_to_pairs(const float *St, const float *Sg, uint32_t *P2, uint32_t *Pg2) const {
+        const long c = g.c;
+        for (long a0 = 0; a0 < c; a0 += VW) {
+            long l0, l1;
+            reach(a0, l0, l1);
+            for (long l = l0 & ~1L; l < l1; l += 2) {
+                const vu lo = l >= l0 ? vbf16_bits(vld(&St[l * c + a0])) : vu{};
+                const vu hi = l + 1 < l1 ? vbf16_bits(vld(&St[(l + 1) * c + a0])) : vu{};
+                vst((float *)&P2[(l / 2) * c + a0], (vf)(lo | (hi << 16)));
+            }
+            for (long i = 0; i < Gp; i += 2) {  // rows from G on hold -inf scores, not probabilities
+                const vu lo = i < G ? vbf16_bits(vld(&Sg[i * c + a0])) : vu{};
+                const vu hi = i + 1 < G ? vbf16_bits(vld(&Sg[(i + 1) * c + a0])) : vu{};
+                vst((float *)&Pg2[(i / 2) * c + a0], (vf)(lo | (hi << 16)));
+            }
+        }
+    }
 };
 
 }  // namespace
@@ -350,59 +566,46 @@ struct Work {
 // ---------------------------------------------------------------------------------------------
 // forward
 
-static void forward_item(const Problem &P, const Seq &s, const Item &it, const float *q, const float *k,
-                         const float *v, float *out, float *lse) {
+static void forward_item(const Problem &P, const Seq &s, const Item &it, const void *q, const void *k,
+                         const void *v, void *out, float *lse) {
     Work w(P, s, it, k, v);
     const long c = w.g.c, Lp = w.g.Lp, span = w.g.span, Dp = P.Dp, G = w.G, Gp = w.Gp;
-    float *Qt = fbuf(4, Dp * c, false), *St = fbuf(5, Lp * c + MR, false), *Sg = fbuf(6, Gp * c + MR, false),
-          *O = fbuf(7, c * Dp, false), *mx = fbuf(8, c, false), *sm = fbuf(9, c, false);
-    uint32_t rh[VW];
+    float *St = fbuf(5, Lp * c + MR, false), *Sg = fbuf(6, Gp * c + MR, false), *O = fbuf(7, c * Dp, false),
+          *mx = fbuf(8, c, false), *sm = fbuf(9, c, false);
+    // fp32: the scaled transposed queries; pair products: the queries, probabilities as pairs
+    float *Qt = P.dot16 ? nullptr : fbuf(4, Dp * c, false);
+    uint32_t *Q2 = P.dot16 ? wbuf(4, Dp / 2 * c, false) : nullptr;
+    uint32_t *P2 = P.dot16 ? wbuf(5, Lp / 2 * c + MR, false) : nullptr;
+    uint32_t *Pg2 = P.dot16 ? wbuf(6, Gp / 2 * c + MR, false) : nullptr;
     for (long blk = it.blk0; blk < it.blk1; blk++) {
         const long i0 = blk * c, w0 = (blk - it.blk0) * c;
-        w.pack_rows(q, i0, P.scale, Qt, nullptr);
-        w.scores(Qt, w0, i0, St, Sg);
-        // softmax down the columns, VW queries at a time, over the rows the band can reach
-        for (long a0 = 0; a0 < c; a0 += VW) {
-            long l0, l1;
-            w.reach(a0, l0, l1);
-            vf m = vset(NEG_INF);
-            for (long l = l0; l < l1; l++) m = vmax(m, vld(&St[l * c + a0]));
-            for (long i = 0; i < G; i++) m = vmax(m, vld(&Sg[i * c + a0]));
-            const vf base = m == vset(NEG_INF) ? vset(0.0f) : m;  // empty column: every p = 0
-            vf sum = {};
-            for (long l = l0; l < l1; l++) {
-                vf p = vexp(vld(&St[l * c + a0]) - base);
-                vst(&St[l * c + a0], p);
-                sum += p;
-            }
-            for (long i = 0; i < G; i++) {
-                vf p = vexp(vld(&Sg[i * c + a0]) - base);
-                vst(&Sg[i * c + a0], p);
-                sum += p;
-            }
-            vst(&mx[a0], m);
-            vst(&sm[a0], sum);
-            if (P.drop_thr) {  // the sum above is of the undropped probabilities: the softmax's
-                w.row_hashes_into(i0, a0, rh);
-                const vu r = vldu(rh);
-                for (long l = l0; l < l1; l++) vst(&St[l * c + a0], vld(&St[l * c + a0]) * P.keep(r, w.key_pos(i0, l)));
-                for (long i = 0; i < G; i++) vst(&Sg[i * c + a0], vld(&Sg[i * c + a0]) * P.keep(r, w.gpos[i]));
-            }
-        }
+        if (P.dot16)
+            w.pack_rows_pairs(q, i0, Q2);
+        else
+            w.pack_rows(q, i0, P.scale, Qt, nullptr);
+        w.scores(Qt, Q2, w0, i0, St, Sg);
+        w.softmax(i0, P.dot16 ? P.scale : 1.0f, St, Sg, mx, sm);
         // O = P V over the band rows of each query tile, plus the global keys
-        const float *Vw = &w.Vp[w0 * Dp];
-        gemm(c, Dp, St, 1, c, Vw, Dp, O, Dp, false, [&](long a0, long &lo, long &hi) {
-            lo = a0, hi = lmin(Lp, a0 + MR + span);
-        });
-        if (G) gemm(c, Dp, Sg, 1, c, w.Vg, Dp, O, Dp, true, [&](long, long &lo, long &hi) {
-            lo = 0, hi = G;
-        });
+        if (P.dot16) {
+            w.probabilities_to_pairs(St, Sg, P2, Pg2);
+            gemm(c, Dp, P2, 1, c, &w.V2[w0 / 2 * Dp], Dp, O, Dp, false, [&](long a0, long &lo, long &hi) {
+                lo = a0 / 2, hi = (lmin(Lp, a0 + MR + span) + 1) / 2;  // a0 is even (a multiple of MR)
+            });
+            if (G) gemm(c, Dp, Pg2, 1, c, w.Vg2, Dp, O, Dp, true, [&](long, long &lo, long &hi) {
+                lo = 0, hi = (G + 1) / 2;
+            });
+        } else {
+            gemm(c, Dp, St, 1, c, &w.Vp[w0 * Dp], Dp, O, Dp, false, [&](long a0, long &lo, long &hi) {
+                lo = a0, hi = lmin(Lp, a0 + MR + span);
+            });
+            if (G) gemm(c, Dp, Sg, 1, c, w.Vg, Dp, O, Dp, true, [&](long, long &lo, long &hi) {
+                lo = 0, hi = G;
+            });
+        }
         for (long a = 0; a < c && i0 + a < s.Tr; a++) {
-            const long pos = s.m + (i0 + a) * s.r;
-            float *dst = out + ((s.b * P.H + s.h) * P.T + pos) * P.D;
             const float inv = sm[a] > 0 ? 1.0f / sm[a] : 0.0f;
-            for (long d = 0; d < P.D; d++) dst[d] = O[a * Dp + d] * inv;
-            lse[(s.b * P.H + s.h) * P.T + pos] = sm[a] > 0 ? mx[a] + logf(sm[a]) : NEG_INF;
+            store_row(P.dtype, out, row_off(P, s, i0 + a), &O[a * Dp], P.D, inv);
+            lse[(s.b * P.H + s.h) * P.T + s.m + (i0 + a) * s.r] = sm[a] > 0 ? mx[a] + logf(sm[a]) : NEG_INF;
         }
     }
 }
@@ -410,8 +613,8 @@ static void forward_item(const Problem &P, const Seq &s, const Item &it, const f
 // ---------------------------------------------------------------------------------------------
 // backward
 
-static void backward_item(const Problem &P, const Seq &s, const Item &it, const float *q, const float *k,
-                          const float *v, const float *dout, const float *lse, const float *delta, float *dq,
+static void backward_item(const Problem &P, const Seq &s, const Item &it, const void *q, const void *k,
+                          const void *v, const void *dout, const float *lse, const float *delta, float *dq,
                           float *dk, float *dv) {
     Work w(P, s, it, k, v);
     const long c = w.g.c, Lp = w.g.Lp, span = w.g.span, Dp = P.Dp, G = w.G, Gp = w.Gp;
@@ -435,10 +638,10 @@ static void backward_item(const Problem &P, const Seq &s, const Item &it, const 
                 Dl[a] = delta[head + pos];
             }
         }
-        w.scores(Qt, w0, i0, St, Sg);
+        w.scores(Qt, nullptr, w0, i0, St, Sg);
         const float *Kw = &w.Kp[w0 * Dp], *Vw = &w.Vp[w0 * Dp];
         // dPt = Vw dO^T on the band tiles; the rest stays unset and is masked by p = 0 below
-        w.band_product(Vw, dOt, dSt);
+        w.band_product(Vw, dOt, Dp, dSt);
         if (G) gemm(Gp, c, w.Vg, Dp, 1, dOt, c, dSg, c, false, [&](long, long &lo, long &hi) {
             lo = 0, hi = Dp;
         });
@@ -527,14 +730,18 @@ static void backward_item(const Problem &P, const Seq &s, const Item &it, const 
 
 static Problem make_problem(const int64_t *cfg, const uint8_t *band_ok, const uint8_t *key_valid, const int64_t *gpos,
                             const int64_t *gcount, float scale) {
-    // cfg: B, H, T, D, window, causal, block, Gmax, dropout threshold (0: none), dropout seed, then H dilations
+    // cfg: B, H, T, D, window, causal, block, Gmax, dropout threshold (0: none), dropout seed, dtype (Dtype),
+    // bf16 pair products in the forward (0: never, 1: where the CPU has them, 2: always, emulated where
+    // it has not), then H dilations
     Problem P;
     P.B = cfg[0], P.H = cfg[1], P.T = cfg[2], P.D = cfg[3], P.window = cfg[4], P.causal = cfg[5], P.block = cfg[6];
     P.Gmax = cfg[7];
     P.Dp = round_up(P.D, NR);
     P.drop_thr = (uint32_t)cfg[8], P.seed = (uint32_t)cfg[9];
     P.keep_scale = P.drop_thr ? (float)(1.0 / (1.0 - (double)P.drop_thr / 4294967296.0)) : 1.0f;
-    P.dil = (const long *)(cfg + 10);
+    P.dtype = (int)cfg[10];
+    P.dot16 = P.dtype == BF16 && (cfg[11] == 2 || (cfg[11] == 1 && BF16_DOT_NATIVE));
+    P.dil = (const long *)(cfg + 12);
     P.band_ok = band_ok, P.key_valid = key_valid, P.gpos = gpos, P.gcount = gcount, P.scale = scale;
     return P;
 }
@@ -542,8 +749,10 @@ static Problem make_problem(const int64_t *cfg, const uint8_t *band_ok, const ui
 extern "C" {
 
 int lf_simd_width(void) { return VW; }
+int lf_bf16_dot_native(void) { return BF16_DOT_NATIVE; }
 
-void lf_band_forward(const int64_t *cfg, const float *q, const float *k, const float *v, float *out, float *lse,
+// q, k, v and out of cfg's dtype; lse fp32
+void lf_band_forward(const int64_t *cfg, const void *q, const void *k, const void *v, void *out, float *lse,
                      const uint8_t *band_ok, const uint8_t *key_valid, const int64_t *gpos, const int64_t *gcount,
                      float scale, int threads) {
     Problem P = make_problem(cfg, band_ok, key_valid, gpos, gcount, scale);
@@ -554,11 +763,13 @@ void lf_band_forward(const int64_t *cfg, const float *q, const float *k, const f
     for (long i = 0; i < (long)items.size(); i++) forward_item(P, seqs[items[i].seq], items[i], q, k, v, out, lse);
 }
 
+// q, k, v and dout of cfg's dtype, everything else fp32 (the forward's pair products do not apply).
 // dk and dv must be zero on entry; dq is fully written.
-void lf_band_backward(const int64_t *cfg, const float *q, const float *k, const float *v, const float *dout,
+void lf_band_backward(const int64_t *cfg, const void *q, const void *k, const void *v, const void *dout,
                       const float *lse, const float *delta, float *dq, float *dk, float *dv, const uint8_t *band_ok,
                       const uint8_t *key_valid, const int64_t *gpos, const int64_t *gcount, float scale, int threads) {
     Problem P = make_problem(cfg, band_ok, key_valid, gpos, gcount, scale);
+    P.dot16 = false;
     std::vector<Seq> seqs;
     std::vector<Item> items;
     plan(P, threads, seqs, items);

@@ -3,15 +3,17 @@
 Parts 1 and 2 of the pattern (the band, and every row against the global keys; see blocked.py) run
 fused in _kernel.cpp, forward and backward, over all heads, dilations and batch elements in one
 call. Part 3 (global rows as full attention, G x T) runs in torch, shared with the blocked kernel.
-Computation is fp32 whatever the input dtype (bf16/fp16 inputs are widened once and the result
-rounded back), so low-precision results carry only their final rounding. fp64 is not supported
-here (``impl="blocked"`` keeps fp64 end to end).
+The kernel reads fp32, bf16 or fp16 inputs as they are and widens them while packing; it computes in
+fp32, so low-precision results carry only their final rounding. The one exception is the bf16
+forward on CPUs with AVX512-BF16 (see BF16_DOT): its products take bf16 operands, probabilities
+rounded to bf16 included. fp64 is not supported here (``impl="blocked"`` keeps fp64 end to end).
 
 Saved for backward: q, k, v, the output and the per-row log-sum-exp, as in the blocked kernel.
 """
 from __future__ import annotations
 
 import ctypes
+import os
 
 import torch
 
@@ -21,6 +23,14 @@ from .blocked import _global_masks, _Plan, global_rows_backward, global_rows_for
 from .dropout import keep_factor, threshold
 
 BLOCK = 64  # query rows per block: a multiple of the kernel's 2 * SIMD width (16 or 32 floats)
+
+# bf16 forward with bf16 pair products (vdpbf16ps): "native" where the CPU has AVX512-BF16 (its bf16
+# dot product runs at twice the fp32 FMA rate), "always" (emulated by exact fp32 FMAs elsewhere: slower,
+# for testing the pair layouts on any machine), or "never" (bf16 forward computed in fp32, like the
+# backward). Default from $LONGFORMER_BF16_DOT, else "native".
+BF16_DOT = os.environ.get("LONGFORMER_BF16_DOT", "native")
+_BF16_DOT_CODES = {"never": 0, "native": 1, "always": 2}
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
 def available() -> bool:
@@ -104,7 +114,7 @@ band_attention.register_autograd(_backward_rule, setup_context=_setup_context)
 class _Args:
     """The kernel's integer config and mask arrays, kept alive for the duration of the calls."""
 
-    def __init__(self, plan: _Plan, dilation: tuple[int, ...], D: int, dropout_p: float, seed: int):
+    def __init__(self, plan: _Plan, dilation: tuple[int, ...], D: int, dtype: torch.dtype, dropout_p: float, seed: int):
         B, H, T = plan.B, plan.H, plan.T
         counts = [0 if idx is None else idx.numel() for idx in plan.global_idx]
         self.Gmax = max(counts, default=0)
@@ -115,8 +125,15 @@ class _Args:
         self.gcount = torch.tensor(counts, dtype=torch.int64)
         self.thr = threshold(dropout_p)
         self.seed = seed & 0xFFFFFFFF
+        if BF16_DOT not in _BF16_DOT_CODES:
+            raise ValueError(
+                f"compiled.BF16_DOT (default from $LONGFORMER_BF16_DOT) must be one of {sorted(_BF16_DOT_CODES)}, "
+                f"got {BF16_DOT!r}"
+            )
         self.cfg = torch.tensor(
-            [B, H, T, D, plan.window, int(plan.causal), BLOCK, self.Gmax, self.thr, self.seed, *dilation], dtype=torch.int64
+            [B, H, T, D, plan.window, int(plan.causal), BLOCK, self.Gmax, self.thr, self.seed, _DTYPE_CODES[dtype],
+             _BF16_DOT_CODES[BF16_DOT], *dilation],
+            dtype=torch.int64,
         )
         self.band_ok = None if plan.band_ok is None else plan.band_ok.to(torch.uint8).contiguous()
         self.key_valid = None if plan.key_valid is None else plan.key_valid.to(torch.uint8).contiguous()
@@ -147,29 +164,35 @@ def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
 def _forward(q, k, v, key_valid, is_global, window, dilation, causal, scale, dropout_p, seed):
     B, H, T, D = q.shape
     plan = _Plan(q, window, dilation, causal, key_valid, is_global, scale)
-    args = _Args(plan, dilation, D, dropout_p, seed)
-    qf, kf, vf = _fp32(q), _fp32(k), _fp32(v)
-    out = torch.empty(B, H, T, D, dtype=torch.float32)
+    args = _Args(plan, dilation, D, q.dtype, dropout_p, seed)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # read in their own dtype by the kernel
+    out = torch.empty(B, H, T, D, dtype=q.dtype)
     lse = torch.empty(B, H, T, dtype=torch.float32)
     _native.load().lf_band_forward(
-        _ptr(args.cfg), _ptr(qf), _ptr(kf), _ptr(vf), _ptr(out), _ptr(lse), *args.masks(), float(scale),
+        _ptr(args.cfg), _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), *args.masks(), float(scale),
         torch.get_num_threads(),
     )
-    for b, idx in enumerate(plan.global_idx):
-        if idx is not None:
-            if args.thr:
-                global_rows_forward(plan, b, idx, qf[b], kf[b], vf[b], out[b], lse[b], args.keep(plan, b, idx))
-            else:
-                _global_rows_flash_forward(plan, b, idx, qf[b], kf[b], vf[b], out[b], lse[b])
-    return out.to(q.dtype), lse
+    if args.any_global:
+        if args.thr:
+            qf, kf, vf = _fp32(q), _fp32(k), _fp32(v)
+            for b, idx in enumerate(plan.global_idx):
+                if idx is not None:
+                    global_rows_forward(plan, b, idx, qf[b], kf[b], vf[b], out[b], lse[b], args.keep(plan, b, idx))
+        else:
+            # torch's flash op takes bf16/fp16 as they are (fp32 accumulation): measured at T=4096, H=12,
+            # bf16 in place vs widened first: 4.9 vs 16.5 ms at G=1, 11.3 vs 15.4 ms at G=64
+            for b, idx in enumerate(plan.global_idx):
+                if idx is not None:
+                    _global_rows_flash_forward(plan, b, idx, q[b], k[b], v[b], out[b], lse[b])
+    return out, lse
 
 
 def _backward(dout, q, k, v, out, lse, key_valid, is_global, window, dilation, causal, scale, dropout_p, seed):
     B, H, T, D = q.shape
     plan = _Plan(q, window, dilation, causal, key_valid, is_global, scale)
-    args = _Args(plan, dilation, D, dropout_p, seed)
-    qf, kf, vf, do = _fp32(q), _fp32(k), _fp32(v), _fp32(dout)
-    delta = (do * out.to(torch.float32)).sum(-1)  # (B, H, T), from the output as returned
+    args = _Args(plan, dilation, D, q.dtype, dropout_p, seed)
+    q, k, v, do = q.contiguous(), k.contiguous(), v.contiguous(), dout.to(q.dtype).contiguous()
+    delta = (do.float() * out.float()).sum(-1)  # (B, H, T), from the output as returned
     do_loc, delta_loc = do, delta
     if plan.is_global is not None:
         # global rows took their output from part 3 only: parts 1 and 2 get no gradient there
@@ -179,14 +202,16 @@ def _backward(dout, q, k, v, out, lse, key_valid, is_global, window, dilation, c
     dk = torch.zeros(B, H, T, D, dtype=torch.float32)
     dv = torch.zeros(B, H, T, D, dtype=torch.float32)
     _native.load().lf_band_backward(
-        _ptr(args.cfg), _ptr(qf), _ptr(kf), _ptr(vf), _ptr(do_loc), _ptr(lse), _ptr(delta_loc),
+        _ptr(args.cfg), _ptr(q), _ptr(k), _ptr(v), _ptr(do_loc), _ptr(lse), _ptr(delta_loc),
         _ptr(dq), _ptr(dk), _ptr(dv), *args.masks(), float(scale), torch.get_num_threads(),
     )
-    for b, idx in enumerate(plan.global_idx):
-        if idx is not None:
-            # (torch's flash backward was measured slower here: 16 vs 6 ms at G=1, 39 vs 42 ms at G=64)
-            global_rows_backward(plan, b, idx, qf[b], kf[b], vf[b], lse[b], do[b], delta[b], dq[b], dk[b], dv[b],
-                                 args.keep(plan, b, idx))
+    if args.any_global:
+        qf, kf, vf, dof = _fp32(q), _fp32(k), _fp32(v), _fp32(do)
+        for b, idx in enumerate(plan.global_idx):
+            if idx is not None:
+                # (torch's flash backward was measured slower here: 16 vs 6 ms at G=1, 39 vs 42 ms at G=64)
+                global_rows_backward(plan, b, idx, qf[b], kf[b], vf[b], lse[b], dof[b], delta[b], dq[b], dk[b],
+                                     dv[b], args.keep(plan, b, idx))
     return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype)
 
 
@@ -213,5 +238,5 @@ def _global_rows_flash_forward(plan: _Plan, b, idx, q, k, v, out, lse) -> None:
     o, lr = o[0], lr[0]  # (H, G, D), (H, G)
     if empty is not None:  # a global row with no key to attend: 0, never NaN
         o, lr = o.masked_fill(empty[None, :, None], 0.0), lr.masked_fill(empty[None, :], NEG_INF)
-    out[:, idx] = o
+    out[:, idx] = o.to(out.dtype)
     lse[:, idx] = lr

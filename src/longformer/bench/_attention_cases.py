@@ -18,11 +18,12 @@ import torch
 def measure_interleaved(specs: list[dict], repeats: int) -> list[dict]:
     """Time several specs in one process, round-robin (one call of each per round), median per spec:
     slow phases of a shared machine then hit every spec alike, so their ratios are stable."""
-    fns = []
+    fns, errors = [], []
     for spec in specs:
         torch.manual_seed(0)
         fn, leaves, note, _ = _build(spec)
         fns.append((fn, leaves))
+        errors.append(_error_vs_fp32(spec, fn, leaves))
     fwd = [[] for _ in specs]
     fb = [[] for _ in specs]
     for fn, leaves in fns:  # warm-up
@@ -38,7 +39,24 @@ def measure_interleaved(specs: list[dict], repeats: int) -> list[dict]:
             t0 = time.perf_counter()
             _fwd_bwd(fn, leaves)
             fb[i].append(time.perf_counter() - t0)
-    return [{"fwd_ms": 1e3 * statistics.median(a), "fb_ms": 1e3 * statistics.median(b)} for a, b in zip(fwd, fb)]
+    return [
+        {"fwd_ms": 1e3 * statistics.median(a), "fb_ms": 1e3 * statistics.median(b), "rel_err": e}
+        for a, b, e in zip(fwd, fb, errors)
+    ]
+
+
+def _error_vs_fp32(spec: dict, fn: Callable, leaves: list[torch.Tensor]) -> float | None:
+    """max |out - out32| / max |out32|, out32 from the same implementation in fp32 on the same
+    (low-precision) inputs; None for fp32 specs."""
+    if spec["dtype"] == "float32":
+        return None
+    torch.manual_seed(0)
+    fn32, leaves32, _, _ = _build(dict(spec, dtype="float32"))
+    with torch.no_grad():
+        for mine, theirs in zip(leaves32, leaves):
+            mine.copy_(theirs)
+        want, got = fn32(), fn().float()
+    return ((got - want).abs().max() / want.abs().max()).item()
 
 
 def measure(spec: dict) -> dict:
