@@ -117,6 +117,29 @@ def test_built_once_then_reused_from_cache(tmp_path):
 
 
 @needs_kernel
+@pytest.mark.parametrize("march", ["x86-64", "skylake-avx512", "sapphirerapids"])
+def test_compiles_for_other_cpus(tmp_path, march):
+    """The code paths this machine's -march=native never compiles (no AVX, AVX-512 with emulated bf16
+    pairs, AVX512-BF16 with vdpbf16ps) still compile; x86-64 ones are run by the tests on such CPUs."""
+    import platform
+    import shutil
+
+    from longformer.attention import _native
+
+    if platform.machine() != "x86_64":
+        pytest.skip("x86 targets")
+    flags = [f if f != "-march=native" else f"-march={march}" for f in _native.FLAGS]
+    proc = subprocess.run([shutil.which("g++") or "g++", *flags, str(_native.SOURCE), "-o", str(tmp_path / "k.so")],
+                          capture_output=True, text=True)
+    if "unknown value" in proc.stderr or "bad value" in proc.stderr:
+        pytest.skip(f"this compiler does not know -march={march}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    if march == "sapphirerapids" and shutil.which("objdump"):
+        asm = subprocess.run(["objdump", "-d", str(tmp_path / "k.so")], capture_output=True, text=True).stdout
+        assert "vdpbf16ps" in asm
+
+
+@needs_kernel
 def test_custom_op_registration():
     """torch's own checks of the custom op: schema, fake (meta) shapes, autograd registration, AOT."""
     from longformer.attention.compiled import band_attention

@@ -234,17 +234,28 @@ def global_rows_backward(plan: _Plan, b, idx, q, k, v, lse, do, delta, dq, dk, d
     """Add the gradients of part 3 (the global rows) of batch element b to the accumulators.
     keep: the forward's (H, G, T) dropout keep factors, or None."""
     st, scale = plan.stat, plan.scale
-    _, from_glob = _global_masks(plan, b, idx, q.shape[1])
-    s_rows = _scores(plan, q[:, idx], k, from_glob)  # (H, G, T)
+    T = q.shape[1]
     qg, kf, vf, dog = q[:, idx].to(st), k.to(st), v.to(st), do[:, idx].to(st)
-    p = s_rows.sub_(_safe(lse[:, idx])[..., None]).exp_()
+    # P = exp(scale q k^T - lse) and dP - delta with the subtractions folded into the products (baddbmm):
+    # two passes over the (H, G, T) scores instead of eight (measured at T=4096, H=12, G=64: 36.6 -> 31.7 ms)
+    p = torch.baddbmm(-_safe(lse[:, idx]).to(st)[..., None], qg * scale, kf.transpose(-1, -2))
+    allowed = _rows_allowed(plan, b, idx, T)
+    if allowed is not None:
+        p.masked_fill_(~allowed, NEG_INF)
+    p = p.exp_()
     # (T x G) @ (G x D) products land in dk/dv in place: no (H, T, D) temporaries
-    dp = dog @ vf.transpose(-1, -2)
     if keep is None:
         dv.baddbmm_(p.transpose(-1, -2), dog)
+        ds = torch.baddbmm(-delta[:, idx].to(st)[..., None], dog, vf.transpose(-1, -2)).mul_(p)
     else:  # dropout: dV takes P k, and dS = P (dP k - delta)
         dv.baddbmm_((p * keep).transpose(-1, -2), dog)
-        dp.mul_(keep)
-    ds = dp.sub_(delta[:, idx][..., None]).mul_(p)
+        ds = (dog @ vf.transpose(-1, -2)).mul_(keep).sub_(delta[:, idx][..., None]).mul_(p)
     dq.index_add_(1, idx, ds @ kf, alpha=scale)
     dk.baddbmm_(ds.transpose(-1, -2), qg, alpha=scale)
+
+
+def _rows_allowed(plan: _Plan, b: int, idx: torch.Tensor, T: int) -> torch.Tensor | None:
+    """The (G, T) mask of global rows x keys, or None when every key is allowed."""
+    if plan.key_valid is None and not plan.causal:
+        return None
+    return _global_masks(plan, b, idx, T)[1]
