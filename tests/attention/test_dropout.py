@@ -1,24 +1,28 @@
-"""Attention-probability dropout: the compiled kernel applies exactly the reference's hash mask
-(outputs and gradients), the mask has the right rate and no bias, and seeds behave."""
+"""Attention-probability dropout: the compiled and blocked kernels apply exactly the reference's hash
+mask (outputs and gradients), the mask has the right rate and no bias, and seeds behave."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from longformer import sliding_window_attention
+from longformer.attention import compiled
 from longformer.attention.dropout import dense_keep_factor, threshold
 
 from attn_helpers import grads, needs_kernel
 
 
-@needs_kernel
+@pytest.mark.parametrize("impl", ["compiled", "blocked"])
 @pytest.mark.parametrize("p", [0.1, 0.5])
 @pytest.mark.parametrize("dilation,causal,globals_,padding", [
     ((1, 1), False, False, False),
     ((1, 3), True, True, True),
     ((2, 1), False, True, True),
+    ((2, 2, 1), True, True, False),  # two heads in one dilation group: sequences interleave heads and residues
 ])
-def test_compiled_applies_the_reference_mask(p, dilation, causal, globals_, padding):
+def test_fast_kernels_apply_the_reference_mask(impl, p, dilation, causal, globals_, padding):
+    if impl == "compiled" and not compiled.available():
+        pytest.skip("no C++ compiler: the compiled kernel is not built")
     g = torch.Generator().manual_seed(7)
     B, H, T, D = 2, len(dilation), 130, 8
     q, k, v, dout = (torch.randn(B, H, T, D, generator=g) for _ in range(4))
@@ -31,9 +35,21 @@ def test_compiled_applies_the_reference_mask(p, dilation, causal, globals_, padd
         is_global[1, 129] = True
         kw["global_attention_mask"] = is_global
     truth = grads("reference", q.double(), k.double(), v.double(), dout.double(), **kw)
-    got = grads("compiled", q, k, v, dout, **kw)
+    got = grads(impl, q, k, v, dout, **kw)
     for name, t, x in zip(("out", "dq", "dk", "dv"), truth, got):
         torch.testing.assert_close(x.double(), t, atol=3e-5, rtol=3e-5, msg=name)
+
+
+def test_auto_keeps_dropout_memory_linear_where_the_compiled_kernel_does_not_run():
+    """fp64 (or a GPU, or no compiler) takes the blocked kernel, with dropout as everywhere else:
+    no T x T fallback. Checked by the equality with blocked and the reference."""
+    g = torch.Generator().manual_seed(12)
+    q, k, v = (torch.randn(1, 2, 400, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    kw = dict(window=16, dropout_p=0.25, dropout_seed=3)
+    auto = sliding_window_attention(q, k, v, **kw)
+    assert torch.equal(auto, sliding_window_attention(q, k, v, impl="blocked", **kw))
+    # (the reference's softmax is fp32 even for fp64 inputs)
+    torch.testing.assert_close(auto, sliding_window_attention(q, k, v, impl="reference", **kw), atol=1e-6, rtol=0)
 
 
 @needs_kernel
@@ -88,5 +104,3 @@ def test_bad_dropout_arguments():
         sliding_window_attention(q, q, q, 2, dropout_p=1.0)
     with pytest.raises(ValueError, match="dropout_p"):
         sliding_window_attention(q, q, q, 2, dropout_p=-0.1)
-    with pytest.raises(NotImplementedError, match="impl='compiled'"):
-        sliding_window_attention(q, q, q, 2, dropout_p=0.1, impl="blocked")

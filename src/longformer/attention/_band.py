@@ -154,8 +154,9 @@ def _chunks(lay: BandLayout, rows_per_chunk: int):
         yield b0, min(lay.blocks, b0 + step)
 
 
-def band_forward(q, k, v, key_ok, lay: BandLayout, scale: float, stat: torch.dtype, rows_per_chunk: int):
-    """Band attention of N sequences. q, k, v: (N, T, D); key_ok: bool (N, T) or None.
+def band_forward(q, k, v, key_ok, lay: BandLayout, scale: float, stat: torch.dtype, rows_per_chunk: int, keep=None):
+    """Band attention of N sequences. q, k, v: (N, T, D); key_ok: bool (N, T) or None; keep: None, or
+    for dropout a function (b0, b1) -> (b1 - b0, c, L) keep factors of blocks b0 .. b1 - 1.
 
     Returns the normalised output (N, T, D) in v's dtype and the log-sum-exp (N, T) in ``stat``
     (-inf for a row with no key in its band; its output is 0).
@@ -179,12 +180,14 @@ def band_forward(q, k, v, key_ok, lay: BandLayout, scale: float, stat: torch.dty
             if bool(empty.any()):
                 p = p.nan_to_num_(0.0)
                 lse[b0:b1].masked_fill_(empty, NEG_INF)
+        if keep is not None:  # after the statistics: the normaliser is that of the undropped probabilities
+            p = p.mul_(keep(b0, b1))
         torch.bmm(p.to(v.dtype), vwin[b0:b1], out=out[b0:b1])
     return unpack_rows(out, lay), unpack_rows(lse, lay)
 
 
 def band_backward(q, k, v, key_ok, lay: BandLayout, scale: float, stat: torch.dtype, dout, lse, delta,
-                  rows_per_chunk: int):
+                  rows_per_chunk: int, keep=None):
     """Gradients of the band part. dout: (N, T, D); lse, delta: (N, T) final per-row statistics.
 
     ``lse`` is the row's log-sum-exp over everything it attends (band and other parts), so
@@ -214,8 +217,15 @@ def band_backward(q, k, v, key_ok, lay: BandLayout, scale: float, stat: torch.dt
     for b0, b1 in _chunks(lay, rows_per_chunk):
         p = scores(b0, b1).sub_(lse_b[b0:b1]).exp_()  # (n, c, L)
         do = dob[b0:b1]
-        dv_win = torch.bmm(p.transpose(1, 2), do)  # (n, L, D)
-        ds = torch.bmm(do, vwin[b0:b1].transpose(1, 2)).sub_(delta_b[b0:b1]).mul_(p)  # (n, c, L)
+        dp = torch.bmm(do, vwin[b0:b1].transpose(1, 2))  # (n, c, L)
+        if keep is None:
+            dv_win = torch.bmm(p.transpose(1, 2), do)  # (n, L, D)
+        else:  # dropout (keep factors k): dV takes P k, and dS = P (dP k - delta)
+            kf = keep(b0, b1).to(stat)
+            dv_win = torch.bmm((p * kf).transpose(1, 2), do)
+            dp.mul_(kf)
+            del kf
+        ds = dp.sub_(delta_b[b0:b1]).mul_(p)
         del p
         torch.bmm(ds, kwin[b0:b1], out=dq[b0:b1])
         dk_win = torch.bmm(ds.transpose(1, 2), qb[b0:b1])  # (n, L, D)

@@ -44,7 +44,7 @@ def sliding_window_attention(
         dropout_p: attention-probability dropout (0 <= p < 1), applied after the softmax with kept
             probabilities scaled by 1 / (1 - p). The mask is a hash of (seed, head, query, key)
             (see attention/dropout.py): backward regenerates it, nothing is stored. Callers pass
-            ``dropout_p`` only in training. Runs in the ``compiled`` kernel and the ``reference``.
+            ``dropout_p`` only in training. Every implementation applies the same mask.
         dropout_seed: seed of the mask; default: drawn from torch's global generator, so
             ``torch.manual_seed`` makes runs repeatable.
         impl: ``"auto"`` (fastest correct choice), ``"reference"`` (dense O(T^2) spec),
@@ -79,21 +79,15 @@ def sliding_window_attention(
     dropout = _check_dropout(dropout_p, dropout_seed, tracing)
     if impl == "auto":
         impl = _choose_impl(q)
-        if dropout is not None and impl == "blocked":
-            impl = "reference"  # exact, but O(T^2): the blocked kernel has no dropout
     if impl == "reference":
         return reference_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale, dropout)
     if impl == "compiled":
         from .compiled import compiled_attention
 
         return compiled_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale, dropout)
-    if dropout is not None:
-        raise NotImplementedError(
-            "impl='blocked' has no attention dropout; use impl='compiled' (CPU) or 'reference', or dropout_p=0"
-        )
     from .blocked import blocked_attention
 
-    return blocked_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale)
+    return blocked_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale, dropout)
 
 
 def _choose_impl(q: torch.Tensor) -> str:

@@ -12,13 +12,16 @@ Attention is split into three parts whose softmaxes are merged with their log-su
    whatever the first two parts gave them.
 
 Only q, k, v, the output and the per-row log-sum-exp are saved for backward, which recomputes the
-scores of each part. Causal masking and padding apply to all three parts.
+scores of each part. Causal masking and padding apply to all three parts. Attention dropout
+(dropout.py's hash mask, the same as the compiled kernel's and the reference's) is applied in all
+three parts, regenerated in backward.
 """
 from __future__ import annotations
 
 import torch
 
 from ._band import NEG_INF, BandLayout, band_backward, band_forward
+from .dropout import keep_blocks, keep_factor, threshold
 
 BLOCK = 64  # query rows per band block: a (64, 64 + 2w) score tile per GEMM
 ROWS_PER_CHUNK = 1024  # band rows whose scores live at once, to bound temporary memory
@@ -34,19 +37,21 @@ def blocked_attention(
     key_valid: torch.Tensor | None,
     is_global: torch.Tensor | None,
     scale: float,
+    dropout: tuple[float, int] | None = None,
 ) -> torch.Tensor:
     """Longformer attention, exact semantics of `reference_attention`, memory-linear in T.
 
-    q, k, v: (B, H, T, D); dilation: H ints; key_valid, is_global: bool (B, T) or None.
-    Returns (B, H, T, D) in q's dtype. Arguments are assumed checked by `sliding_window_attention`.
+    q, k, v: (B, H, T, D); dilation: H ints; key_valid, is_global: bool (B, T) or None; dropout:
+    (p, seed) or None. Returns (B, H, T, D) in q's dtype. Arguments are assumed checked by
+    `sliding_window_attention`.
     """
-    return _BlockedAttention.apply(q, k, v, window, tuple(dilation), causal, key_valid, is_global, scale)
+    return _BlockedAttention.apply(q, k, v, window, tuple(dilation), causal, key_valid, is_global, scale, dropout)
 
 
 class _BlockedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, window, dilation, causal, key_valid, is_global, scale):
-        plan = _Plan(q, window, dilation, causal, key_valid, is_global, scale)
+    def forward(ctx, q, k, v, window, dilation, causal, key_valid, is_global, scale, dropout):
+        plan = _Plan(q, window, dilation, causal, key_valid, is_global, scale, dropout)
         out, lse = _forward(plan, q, k, v)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.plan = plan
@@ -56,14 +61,16 @@ class _BlockedAttention(torch.autograd.Function):
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         dq, dk, dv = _backward(ctx.plan, q, k, v, out, lse, dout)
-        return dq, dk, dv, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None
 
 
 class _Plan:
     """Per-call constants: head groups, masks and the statistics dtype."""
 
-    def __init__(self, q, window, dilation, causal, key_valid, is_global, scale):
+    def __init__(self, q, window, dilation, causal, key_valid, is_global, scale, dropout=None):
         B, H, T, D = q.shape
+        # dropout: the uint32 threshold (0: none) and seed of dropout.py's mask
+        self.drop_thr, self.drop_seed = (threshold(dropout[0]), dropout[1] & 0xFFFFFFFF) if dropout else (0, 0)
         self.B, self.H, self.T, self.device = B, H, T, q.device
         self.window, self.causal, self.scale = window, causal, scale
         self.stat = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -93,6 +100,33 @@ class _Plan:
         if ok is not None:
             ok = _split(ok[:, None].expand(self.B, len(heads), T), r, Tr, pad=False)
         return index, lay, ok
+
+    def band_keep(self, r: int, heads: list[int], lay: BandLayout):
+        """None, or with dropout the (b0, b1) -> (n, c, L) keep factors of band blocks b0 .. b1 - 1 of the
+        head group (sequence n of `_split` is batch element n // (Hg r), head heads[n // r % Hg],
+        residue m = n % r; its slot t is position m + t r)."""
+        if not self.drop_thr:
+            return None
+        dev, Hg = self.device, len(heads)
+        seq = torch.arange(lay.N, device=dev)
+        bh = seq // (Hg * r) * self.H + torch.tensor(heads, device=dev)[seq // r % Hg]
+        m = seq % r
+        a, l = torch.arange(lay.c, device=dev), torch.arange(lay.L, device=dev)
+
+        def keep(b0: int, b1: int) -> torch.Tensor:
+            g = torch.arange(b0, b1, device=dev)
+            s, first = g // lay.nb, g % lay.nb * lay.c  # sequence and first slot of each block
+            rows = m[s, None] + (first[:, None] + a) * r
+            cols = m[s, None] + (first[:, None] - lay.left + l) * r
+            return keep_blocks(self.drop_seed, self.drop_thr, bh[s], rows, cols)
+
+        return keep
+
+    def keep(self, b: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor | None:
+        """None, or with dropout the (H, len(rows), len(cols)) keep factors of batch element b."""
+        if not self.drop_thr:
+            return None
+        return keep_factor(self.drop_seed, self.drop_thr, b, self.H, rows, cols)
 
 
 def _split(x: torch.Tensor, r: int, Tr: int, pad=0.0) -> torch.Tensor:
@@ -124,7 +158,7 @@ def _forward(plan: _Plan, q, k, v):
     for r, heads in plan.groups.items():
         index, lay, ok = plan.group(r, heads)
         qs, ks, vs = (_split(_heads(t, index), r, lay.T) for t in (q, k, v))
-        o, l = band_forward(qs, ks, vs, ok, lay, plan.scale, plan.stat, ROWS_PER_CHUNK)
+        o, l = band_forward(qs, ks, vs, ok, lay, plan.scale, plan.stat, ROWS_PER_CHUNK, plan.band_keep(r, heads, lay))
         out[:, heads] = _merge(o, B, len(heads), r, T)
         lse[:, heads] = _merge(l, B, len(heads), r, T)
     for b, idx in enumerate(plan.global_idx):
@@ -149,6 +183,7 @@ def _backward(plan: _Plan, q, k, v, out, lse, dout):
         gq, gk, gv = band_backward(
             *args, ok, lay, plan.scale, st, _split(_heads(do_loc, index), r, lay.T),
             _split(_heads(lse, index), r, lay.T), _split(_heads(delta_loc, index), r, lay.T), ROWS_PER_CHUNK,
+            plan.band_keep(r, heads, lay),
         )
         for acc, g in ((dq, gq), (dk, gk), (dv, gv)):
             acc[:, heads] = _merge(g, B, len(heads), r, T)
@@ -191,13 +226,17 @@ def _global_forward(plan: _Plan, b, idx, q, k, v, out, lse) -> None:
     kg, vg = k[:, idx], v[:, idx]  # (H, G, D)
     s = _scores(plan, q, kg, to_glob)  # (H, T, G)
     lg = torch.logsumexp(s, dim=-1)
-    og = s.sub_(_safe(lg)[..., None]).exp_().to(v.dtype) @ vg
+    pg = s.sub_(_safe(lg)[..., None]).exp_()
+    keep = plan.keep(b, torch.arange(T, device=idx.device), idx)
+    if keep is not None:
+        pg = pg.mul_(keep)
+    og = pg.to(v.dtype) @ vg
     new = torch.logaddexp(lse, lg)
     wb = (lse - _safe(new)).exp_()[..., None]
     wg = (lg - _safe(new)).exp_()[..., None]
     out.copy_(out.to(plan.stat).mul_(wb).add_(og.to(plan.stat).mul_(wg)))
     lse.copy_(new)
-    global_rows_forward(plan, b, idx, q, k, v, out, lse)
+    global_rows_forward(plan, b, idx, q, k, v, out, lse, plan.keep(b, idx, torch.arange(T, device=idx.device)))
 
 
 def global_rows_forward(plan: _Plan, b, idx, q, k, v, out, lse, keep=None) -> None:
@@ -223,11 +262,18 @@ def _global_backward(plan: _Plan, b, idx, q, k, v, lse, do, delta, do_loc, delta
     qs, ks, vs, dos = (t.to(st) for t in (q, k, v, do_loc))
     kg, vg = ks[:, idx], vs[:, idx]
     p = s_glob.sub_(_safe(lse)[..., None]).exp_()
-    dv.index_add_(1, idx, p.transpose(-1, -2) @ dos)
-    ds = (dos @ vg.transpose(-1, -2)).sub_(delta_loc[..., None]).mul_(p)
+    pos = torch.arange(T, device=idx.device)
+    keep = plan.keep(b, pos, idx)
+    dp = dos @ vg.transpose(-1, -2)
+    if keep is None:
+        dv.index_add_(1, idx, p.transpose(-1, -2) @ dos)
+    else:  # dropout: dV takes P k, and dS = P (dP k - delta)
+        dv.index_add_(1, idx, (p * keep).transpose(-1, -2) @ dos)
+        dp.mul_(keep)
+    ds = dp.sub_(delta_loc[..., None]).mul_(p)
     dq.add_(ds @ kg, alpha=scale)
     dk.index_add_(1, idx, ds.transpose(-1, -2) @ qs, alpha=scale)
-    global_rows_backward(plan, b, idx, q, k, v, lse, do, delta, dq, dk, dv)
+    global_rows_backward(plan, b, idx, q, k, v, lse, do, delta, dq, dk, dv, plan.keep(b, idx, pos))
 
 
 def global_rows_backward(plan: _Plan, b, idx, q, k, v, lse, do, delta, dq, dk, dv, keep=None) -> None:

@@ -46,6 +46,17 @@ def keep_factor(seed: int, thr: int, b: int, H: int, rows: torch.Tensor, cols: t
     return (e >= thr).to(torch.float32) * keep_scale(thr)
 
 
+def keep_blocks(seed: int, thr: int, bh: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(n, c, L) float32 keep factors of n score blocks: block x belongs to head bh[x] = b * H + h and
+    holds query positions rows[x] (c,) against key positions cols[x] (L,). Positions outside the
+    sequence get some factor; the kernels mask those scores anyway."""
+    bh, rows, cols = (t.to(torch.int64) for t in (bh, rows, cols))
+    head = _fmix32((seed ^ ((bh * 0x9E3779B1) & M32)) & M32)  # (n,)
+    row = _fmix32(head[:, None] ^ ((rows * 0x85EBCA77) & M32))  # (n, c)
+    e = _fmix32((row[:, :, None] + ((cols * 0xC2B2AE3D) & M32)[:, None, :]) & M32)
+    return (e >= thr).to(torch.float32) * keep_scale(thr)
+
+
 def dense_keep_factor(seed: int, thr: int, B: int, H: int, T: int, device) -> torch.Tensor:
     """(B, H, T, T) keep factors of every (query, key) pair, for the dense reference."""
     pos = torch.arange(T, dtype=torch.int64, device=device)
