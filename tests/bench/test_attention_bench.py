@@ -19,8 +19,10 @@ def test_bench_attention_tiny(tmp_path, capsys):
     )
     assert bench.run(args) == 0
     text = capsys.readouterr().out
-    assert "useful forward rate" in text and "T=256 / T=64" in text
+    assert "useful forward rate" in text and "T=256 / T=64" in text and "in one process, interleaved" in text
     report = json.loads(out_json.read_text())
+    pair = report["growth_interleaved"]["blocked"]
+    assert len(pair) == 2 and all(r["fb_ms"] > 0 for r in pair)
     rows = {(r["impl"], r["T"]): r for r in report["results"]}
     assert set(rows) == {("blocked", 64), ("blocked", 256)}
     for r in rows.values():

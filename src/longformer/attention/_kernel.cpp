@@ -272,6 +272,7 @@ struct Problem {
     const long *dil;
     const uint8_t *band_ok;    // (B, T) keys the window may use (valid, not global), or null
     const uint8_t *key_valid;  // (B, T) or null: validity of global keys
+    const uint8_t *row_global; // (B, T) or null: global query rows (backward: their gradient is part 3's)
     const int64_t *gpos;       // (B, Gmax) global positions, ascending; gcount[b] of them used
     const int64_t *gcount;
     float scale;
@@ -441,6 +442,30 @@ struct Work {
             load_row(P.dtype, x, row_off(P, s, i0 + a), src, D, scale);
             for (long d = 0; d < D; d++) t[d * c + a] = src[d];
             if (n) memcpy(&n[a * Dp], src, D * sizeof(float));
+        }
+    }
+
+    // pack_rows for dO (unscaled), plus delta = rowsum(dO * O) of each row, written to delta_out (B, H, T)
+    // and kept in Dl (c). Global rows take their gradient from part 3 (done in torch with delta_out):
+    // here their dO and delta are zero.
+    void pack_dout(const void *dout, const void *out, long i0, float *t, float *n, float *Dl, float *delta_out) const {
+        const long c = g.c, Dp = P.Dp, D = P.D;
+        float *src = fbuf(19, 2 * D, false), *o = src + D;
+        memset(t, 0, Dp * c * sizeof(float));
+        memset(n, 0, c * Dp * sizeof(float));
+        for (long a = 0; a < c; a++) {
+            Dl[a] = 0.0f;
+            if (i0 + a >= s.Tr) continue;
+            const long pos = s.m + (i0 + a) * s.r;
+            load_row(P.dtype, dout, row_off(P, s, i0 + a), src, D, 1.0f);
+            load_row(P.dtype, out, row_off(P, s, i0 + a), o, D, 1.0f);
+            float dl = 0.0f;
+            for (long d = 0; d < D; d++) dl += src[d] * o[d];
+            delta_out[(s.b * P.H + s.h) * P.T + pos] = dl;
+            if (P.row_global && P.row_global[s.b * P.T + pos]) continue;
+            Dl[a] = dl;
+            for (long d = 0; d < D; d++) t[d * c + a] = src[d];
+            memcpy(&n[a * Dp], src, D * sizeof(float));
         }
     }
 
@@ -614,7 +639,7 @@ static void forward_item(const Problem &P, const Seq &s, const Item &it, const v
 // backward
 
 static void backward_item(const Problem &P, const Seq &s, const Item &it, const void *q, const void *k,
-                          const void *v, const void *dout, const float *lse, const float *delta, float *dq,
+                          const void *v, const void *dout, const void *out, const float *lse, float *delta, float *dq,
                           float *dk, float *dv) {
     Work w(P, s, it, k, v);
     const long c = w.g.c, Lp = w.g.Lp, span = w.g.span, Dp = P.Dp, G = w.G, Gp = w.Gp;
@@ -629,13 +654,12 @@ static void backward_item(const Problem &P, const Seq &s, const Item &it, const 
     for (long blk = it.blk0; blk < it.blk1; blk++) {
         const long i0 = blk * c, w0 = (blk - it.blk0) * c;
         w.pack_rows(q, i0, P.scale, Qt, Qb);
-        w.pack_rows(dout, i0, 1.0f, dOt, dOb);
+        w.pack_dout(dout, out, i0, dOt, dOb, Dl, delta);
         for (long a = 0; a < c; a++) {
-            L[a] = 0.0f, Dl[a] = 0.0f;
+            L[a] = 0.0f;
             if (i0 + a < s.Tr) {
                 const long pos = s.m + (i0 + a) * s.r;
                 L[a] = lse[head + pos] == NEG_INF ? 0.0f : lse[head + pos];  // empty row: every p = 0
-                Dl[a] = delta[head + pos];
             }
         }
         w.scores(Qt, nullptr, w0, i0, St, Sg);
@@ -729,7 +753,7 @@ static void backward_item(const Problem &P, const Seq &s, const Item &it, const 
 // entry points (ctypes)
 
 static Problem make_problem(const int64_t *cfg, const uint8_t *band_ok, const uint8_t *key_valid, const int64_t *gpos,
-                            const int64_t *gcount, float scale) {
+                            const int64_t *gcount, float scale, const uint8_t *row_global = nullptr) {
     // cfg: B, H, T, D, window, causal, block, Gmax, dropout threshold (0: none), dropout seed, dtype (Dtype),
     // bf16 pair products in the forward (0: never, 1: where the CPU has them, 2: always, emulated where
     // it has not), then H dilations
@@ -743,6 +767,7 @@ static Problem make_problem(const int64_t *cfg, const uint8_t *band_ok, const ui
     P.dot16 = P.dtype == BF16 && (cfg[11] == 2 || (cfg[11] == 1 && BF16_DOT_NATIVE));
     P.dil = (const long *)(cfg + 12);
     P.band_ok = band_ok, P.key_valid = key_valid, P.gpos = gpos, P.gcount = gcount, P.scale = scale;
+    P.row_global = row_global;
     return P;
 }
 
@@ -763,18 +788,20 @@ void lf_band_forward(const int64_t *cfg, const void *q, const void *k, const voi
     for (long i = 0; i < (long)items.size(); i++) forward_item(P, seqs[items[i].seq], items[i], q, k, v, out, lse);
 }
 
-// q, k, v and dout of cfg's dtype, everything else fp32 (the forward's pair products do not apply).
-// dk and dv must be zero on entry; dq is fully written.
+// q, k, v, dout and out (the forward's output) of cfg's dtype, everything else fp32 (the forward's
+// pair products do not apply). Writes delta = rowsum(dout * out) (B, H, T) for every row, dq fully,
+// and adds into dk and dv, which must be zero on entry. Rows marked in row_global get no gradient here.
 void lf_band_backward(const int64_t *cfg, const void *q, const void *k, const void *v, const void *dout,
-                      const float *lse, const float *delta, float *dq, float *dk, float *dv, const uint8_t *band_ok,
-                      const uint8_t *key_valid, const int64_t *gpos, const int64_t *gcount, float scale, int threads) {
-    Problem P = make_problem(cfg, band_ok, key_valid, gpos, gcount, scale);
+                      const void *out, const float *lse, float *delta, float *dq, float *dk, float *dv,
+                      const uint8_t *band_ok, const uint8_t *key_valid, const uint8_t *row_global, const int64_t *gpos,
+                      const int64_t *gcount, float scale, int threads) {
+    Problem P = make_problem(cfg, band_ok, key_valid, gpos, gcount, scale, row_global);
     P.dot16 = false;
     std::vector<Seq> seqs;
     std::vector<Item> items;
     plan(P, threads, seqs, items);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (long i = 0; i < (long)items.size(); i++)
-        backward_item(P, seqs[items[i].seq], items[i], q, k, v, dout, lse, delta, dq, dk, dv);
+        backward_item(P, seqs[items[i].seq], items[i], q, k, v, dout, out, lse, delta, dq, dk, dv);
 }
 }

@@ -135,4 +135,4 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.lf_band_forward.restype = None
     lib.lf_band_forward.argtypes = [i64p, p, p, p, p, p, u8p, u8p, i64p, i64p, f, i]
     lib.lf_band_backward.restype = None
-    lib.lf_band_backward.argtypes = [i64p, p, p, p, p, p, p, p, p, p, u8p, u8p, i64p, i64p, f, i]
+    lib.lf_band_backward.argtypes = [i64p, p, p, p, p, p, p, p, p, p, p, u8p, u8p, u8p, i64p, i64p, f, i]

@@ -191,19 +191,19 @@ def _backward(dout, q, k, v, out, lse, key_valid, is_global, window, dilation, c
     B, H, T, D = q.shape
     plan = _Plan(q, window, dilation, causal, key_valid, is_global, scale)
     args = _Args(plan, dilation, D, q.dtype, dropout_p, seed)
-    q, k, v, do = q.contiguous(), k.contiguous(), v.contiguous(), dout.to(q.dtype).contiguous()
-    delta = (do.float() * out.float()).sum(-1)  # (B, H, T), from the output as returned
-    do_loc, delta_loc = do, delta
-    if plan.is_global is not None:
-        # global rows took their output from part 3 only: parts 1 and 2 get no gradient there
-        local = ~plan.is_global[:, None, :]
-        do_loc, delta_loc = (do * local[..., None]).contiguous(), (delta * local).contiguous()
+    q, k, v, out, do = q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), dout.to(q.dtype).contiguous()
+    # the kernel computes delta = rowsum(dO * O) from the output as returned, for every row, and
+    # leaves the global rows (whose gradient is part 3's) out of parts 1 and 2 itself: no (B, H, T, D)
+    # temporaries here
+    delta = torch.empty(B, H, T, dtype=torch.float32)
     dq = torch.empty(B, H, T, D, dtype=torch.float32)
     dk = torch.zeros(B, H, T, D, dtype=torch.float32)
     dv = torch.zeros(B, H, T, D, dtype=torch.float32)
+    row_global = plan.is_global.to(torch.uint8).contiguous() if args.any_global else None
     _native.load().lf_band_backward(
-        _ptr(args.cfg), _ptr(q), _ptr(k), _ptr(v), _ptr(do_loc), _ptr(lse), _ptr(delta_loc),
-        _ptr(dq), _ptr(dk), _ptr(dv), *args.masks(), float(scale), torch.get_num_threads(),
+        _ptr(args.cfg), _ptr(q), _ptr(k), _ptr(v), _ptr(do), _ptr(out), _ptr(lse), _ptr(delta),
+        _ptr(dq), _ptr(dk), _ptr(dv), *args.masks()[:2], None if row_global is None else _ptr(row_global),
+        *args.masks()[2:], float(scale), torch.get_num_threads(),
     )
     if args.any_global:
         qf, kf, vf, dof = _fp32(q), _fp32(k), _fp32(v), _fp32(do)

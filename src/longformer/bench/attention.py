@@ -102,6 +102,17 @@ def run(args: argparse.Namespace) -> int:
         results.append(dict(impl=impl, T=T, **_in_subprocess(dict(base, impl=impl, T=T), args.timeout)))
     gemm.append(_in_subprocess(dict(base, impl="gemm", T=0), args.timeout))
     report = dict(config=base, gemm_gflops=[g.get("gflops") for g in gemm], results=results)
+    # the growth of our kernels' time from T/4 to T again, timed round-robin in one process: the
+    # sequential subprocesses above see the machine in different phases (seen here: x4.2 to x5.6
+    # between runs for the same code, against x4.1-4.2 interleaved)
+    big = max(args.lengths)
+    if big // 4 in args.lengths:
+        for impl in [i for i in impls if i in ours]:
+            got = _in_subprocess(
+                dict(base, impl="interleaved", T=big, specs=[dict(base, impl=impl, T=T) for T in (big // 4, big)]),
+                args.timeout,
+            )
+            report.setdefault("growth_interleaved", {})[impl] = got.get("results") or got
     if "compiled" in impls:
         report["kernel_build"] = _in_subprocess(dict(base, impl="build", T=0), args.timeout)
     text = _format(report, ours)
@@ -259,9 +270,14 @@ def _format(report: dict, ours: list[str]) -> str:
     if big // 4 in lengths:
         for impl in impls:
             a, b = by.get((impl, big), {}), by.get((impl, big // 4), {})
+            pair = report.get("growth_interleaved", {}).get(impl)
+            same = ""
+            if isinstance(pair, list) and len(pair) == 2:
+                same = f"  [in one process, interleaved: time x{_ratio(pair[1]['fb_ms'], pair[0]['fb_ms'])}]"
             lines.append(
                 f"  {impl:<16} time x{_ratio(a.get('fb_ms') or a.get('fwd_ms'), b.get('fb_ms') or b.get('fwd_ms'))}  "
                 f"memory x{_ratio(a.get('fb_mb') or a.get('fwd_mb'), b.get('fb_mb') or b.get('fwd_mb'))}  (T={big} / T={big // 4})"
+                + same
             )
     else:
         lines.append(f"  (needs T={big // 4} among --lengths)")
