@@ -7,7 +7,7 @@ import torch
 
 from longformer import sliding_window_attention
 from longformer.attention import compiled
-from longformer.attention.dropout import dense_keep_factor, threshold
+from longformer.attention.dropout import dense_keep_factor, keep_blocks, keep_factor, threshold
 
 from attn_helpers import grads, needs_kernel
 
@@ -62,6 +62,35 @@ def test_bf16_dropout_matches_reference_within_rounding():
     for t, x in zip(truth, got):
         assert x.dtype == torch.bfloat16
         assert (x.double() - t).abs().max().item() <= 0.02 * (1 + t.abs().max().item())
+
+
+def _fmix32(x: int) -> int:
+    x ^= x >> 16
+    x = x * 0x85EBCA6B & 0xFFFFFFFF
+    x ^= x >> 13
+    x = x * 0xC2B2AE35 & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+@pytest.mark.parametrize("seed", [0, 7, 0x80000001, 0xFFFFFFFF])
+def test_torch_hash_is_the_documented_formula(seed):
+    """keep_factor and keep_blocks (int32 tensors with wrapping arithmetic) against the formula of
+    dropout.py's docstring in plain Python integers, thresholds near both ends included."""
+    B, H = 3, 5
+    rows, cols = torch.tensor([0, 1, 977, 65535, 1 << 20]), torch.tensor([0, 3, 4096, 70000, (1 << 31) - 1])
+    for p in (0.001, 0.3, 0.999):
+        thr = threshold(p)
+        for b in range(B):
+            got = keep_factor(seed, thr, b, H, rows, cols)
+            blocks = keep_blocks(seed, thr, torch.full((1,), b * H + 2), rows[None], cols[None])[0]
+            assert torch.equal(blocks, got[2])
+            for h in range(H):
+                head = _fmix32(seed ^ ((b * H + h) * 0x9E3779B1 & 0xFFFFFFFF))
+                for x, i in enumerate(rows.tolist()):
+                    row = _fmix32(head ^ (i * 0x85EBCA77 & 0xFFFFFFFF))
+                    for y, j in enumerate(cols.tolist()):
+                        kept = _fmix32((row + j * 0xC2B2AE3D) & 0xFFFFFFFF) >= thr
+                        assert (got[h, x, y].item() > 0) == kept, (p, b, h, i, j)
 
 
 def test_mask_rate_and_scale():

@@ -27,37 +27,48 @@ def keep_scale(thr: int) -> float:
     return 1.0 / (1.0 - thr / 2.0**32)
 
 
+def _i32(c: int) -> int:
+    """The int32 with the bits of the uint32 c."""
+    c &= M32
+    return c - (1 << 32) if c >= 1 << 31 else c
+
+
 def _fmix32(x: torch.Tensor) -> torch.Tensor:
-    # int64 tensors holding uint32 values: products wrap in int64, their low 32 bits are exact
-    x = x ^ (x >> 16)
-    x = (x * 0x85EBCA6B) & M32
-    x = x ^ (x >> 13)
-    x = (x * 0xC2B2AE35) & M32
-    return x ^ (x >> 16)
+    # int32 tensors holding the uint32 bits: products and sums wrap mod 2^32 as in C; the logical
+    # right shifts are arithmetic shifts with the sign bits masked off. (int32 rather than int64:
+    # half the memory traffic, measured 3x faster on a (16, 64, 576) block of scores.)
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _i32(0x85EBCA6B)
+    x = x ^ ((x >> 13) & 0x7FFFF)
+    x = x * _i32(0xC2B2AE35)
+    return x ^ ((x >> 16) & 0xFFFF)
+
+
+def _kept(e: torch.Tensor, thr: int) -> torch.Tensor:
+    """float32 keep factors from hashes e: unsigned e >= thr, compared with both top bits flipped."""
+    return ((e ^ _i32(1 << 31)) >= thr - (1 << 31)).to(torch.float32) * keep_scale(thr)
 
 
 def keep_factor(seed: int, thr: int, b: int, H: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """(H, len(rows), len(cols)) float32: 1/(1-p) where probability (rows[x], cols[y]) of head (b, h) is
-    kept, 0 where dropped. rows, cols: int64 positions."""
-    h = torch.arange(H, dtype=torch.int64, device=rows.device)
-    head = _fmix32((seed ^ (((b * H + h) * 0x9E3779B1) & M32)) & M32)  # (H,)
-    row = _fmix32(head[:, None] ^ ((rows.to(torch.int64) * 0x85EBCA77) & M32)[None, :])  # (H, n)
-    e = _fmix32((row[:, :, None] + ((cols.to(torch.int64) * 0xC2B2AE3D) & M32)[None, None, :]) & M32)
-    return (e >= thr).to(torch.float32) * keep_scale(thr)
+    kept, 0 where dropped. rows, cols: integer positions."""
+    h = torch.arange(H, dtype=torch.int32, device=rows.device)
+    head = _fmix32(_i32(seed) ^ ((b * H + h) * _i32(0x9E3779B1)))  # (H,)
+    row = _fmix32(head[:, None] ^ (rows.to(torch.int32) * _i32(0x85EBCA77))[None, :])  # (H, n)
+    return _kept(_fmix32(row[:, :, None] + (cols.to(torch.int32) * _i32(0xC2B2AE3D))[None, None, :]), thr)
 
 
 def keep_blocks(seed: int, thr: int, bh: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """(n, c, L) float32 keep factors of n score blocks: block x belongs to head bh[x] = b * H + h and
     holds query positions rows[x] (c,) against key positions cols[x] (L,). Positions outside the
     sequence get some factor; the kernels mask those scores anyway."""
-    bh, rows, cols = (t.to(torch.int64) for t in (bh, rows, cols))
-    head = _fmix32((seed ^ ((bh * 0x9E3779B1) & M32)) & M32)  # (n,)
-    row = _fmix32(head[:, None] ^ ((rows * 0x85EBCA77) & M32))  # (n, c)
-    e = _fmix32((row[:, :, None] + ((cols * 0xC2B2AE3D) & M32)[:, None, :]) & M32)
-    return (e >= thr).to(torch.float32) * keep_scale(thr)
+    bh, rows, cols = (t.to(torch.int32) for t in (bh, rows, cols))
+    head = _fmix32(_i32(seed) ^ (bh * _i32(0x9E3779B1)))  # (n,)
+    row = _fmix32(head[:, None] ^ (rows * _i32(0x85EBCA77)))  # (n, c)
+    return _kept(_fmix32(row[:, :, None] + (cols * _i32(0xC2B2AE3D))[:, None, :]), thr)
 
 
 def dense_keep_factor(seed: int, thr: int, B: int, H: int, T: int, device) -> torch.Tensor:
     """(B, H, T, T) keep factors of every (query, key) pair, for the dense reference."""
-    pos = torch.arange(T, dtype=torch.int64, device=device)
+    pos = torch.arange(T, dtype=torch.int32, device=device)
     return torch.stack([keep_factor(seed, thr, b, H, pos, pos) for b in range(B)])
