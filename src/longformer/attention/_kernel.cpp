@@ -432,16 +432,25 @@ struct Work {
     }
     long key_pos(long i0, long l) const { return s.m + (i0 - g.left + l) * s.r; }  // of window row l
 
+    // Zeroes the (Dp x c) transpose t and, if given, the (c x Dp) copy n of a block's rows.
+    void clear_rows(float *t, float *n) const {
+        memset(t, 0, P.Dp * g.c * sizeof(float));
+        if (n) memset(n, 0, g.c * P.Dp * sizeof(float));
+    }
+
+    // Row a (D floats) of a block into the transpose t and, if given, the copy n.
+    void put_row(long a, const float *src, float *t, float *n) const {
+        for (long d = 0; d < P.D; d++) t[d * g.c + a] = src[d];
+        if (n) memcpy(&n[a * P.Dp], src, P.D * sizeof(float));
+    }
+
     // (Dp x c) transpose of the block's rows of x (scaled), and optionally the (c x Dp) copy.
     void pack_rows(const void *x, long i0, float scale, float *t, float *n) const {
-        const long c = g.c, Dp = P.Dp, D = P.D;
-        float *src = fbuf(19, D, false);
-        memset(t, 0, Dp * c * sizeof(float));
-        if (n) memset(n, 0, c * Dp * sizeof(float));
-        for (long a = 0; a < c && i0 + a < s.Tr; a++) {
-            load_row(P.dtype, x, row_off(P, s, i0 + a), src, D, scale);
-            for (long d = 0; d < D; d++) t[d * c + a] = src[d];
-            if (n) memcpy(&n[a * Dp], src, D * sizeof(float));
+        float *src = fbuf(19, P.D, false);
+        clear_rows(t, n);
+        for (long a = 0; a < g.c && i0 + a < s.Tr; a++) {
+            load_row(P.dtype, x, row_off(P, s, i0 + a), src, P.D, scale);
+            put_row(a, src, t, n);
         }
     }
 
@@ -449,11 +458,10 @@ struct Work {
     // and kept in Dl (c). Global rows take their gradient from part 3 (done in torch with delta_out):
     // here their dO and delta are zero.
     void pack_dout(const void *dout, const void *out, long i0, float *t, float *n, float *Dl, float *delta_out) const {
-        const long c = g.c, Dp = P.Dp, D = P.D;
+        const long D = P.D;
         float *src = fbuf(19, 2 * D, false), *o = src + D;
-        memset(t, 0, Dp * c * sizeof(float));
-        memset(n, 0, c * Dp * sizeof(float));
-        for (long a = 0; a < c; a++) {
+        clear_rows(t, n);
+        for (long a = 0; a < g.c; a++) {
             Dl[a] = 0.0f;
             if (i0 + a >= s.Tr) continue;
             const long pos = s.m + (i0 + a) * s.r;
@@ -464,8 +472,7 @@ struct Work {
             delta_out[(s.b * P.H + s.h) * P.T + pos] = dl;
             if (P.row_global && P.row_global[s.b * P.T + pos]) continue;
             Dl[a] = dl;
-            for (long d = 0; d < D; d++) t[d * c + a] = src[d];
-            memcpy(&n[a * Dp], src, D * sizeof(float));
+            put_row(a, src, t, n);
         }
     }
 
