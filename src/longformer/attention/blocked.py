@@ -282,12 +282,16 @@ def global_rows_backward(plan: _Plan, b, idx, q, k, v, lse, do, delta, dq, dk, d
     st, scale = plan.stat, plan.scale
     T = q.shape[1]
     qg, kf, vf, dog = q[:, idx].to(st), k.to(st), v.to(st), do[:, idx].to(st)
-    # P = exp(scale q k^T - lse) and dP - delta with the subtractions folded into the products (baddbmm):
-    # two passes over the (H, G, T) scores instead of eight (measured at T=4096, H=12, G=64: 36.6 -> 31.7 ms)
-    p = torch.baddbmm(-_safe(lse[:, idx]).to(st)[..., None], qg * scale, kf.transpose(-1, -2))
-    allowed = _rows_allowed(plan, b, idx, T)
-    if allowed is not None:
-        p.masked_fill_(~allowed, NEG_INF)
+    if q.dtype == st:
+        # P = exp(scale q k^T - lse) with the subtraction folded into the product (baddbmm), and below
+        # dP - delta likewise: two passes over the (H, G, T) scores instead of eight (measured at
+        # T=4096, H=12, G=64: 36.6 -> 31.7 ms)
+        p = torch.baddbmm(-_safe(lse[:, idx])[..., None], qg * scale, kf.transpose(-1, -2))
+        allowed = _rows_allowed(plan, b, idx, T)
+        if allowed is not None:
+            p.masked_fill_(~allowed, NEG_INF)
+    else:  # low-precision inputs: the scores exactly as global_rows_forward made them (matching lse)
+        p = _scores(plan, q[:, idx], k, _global_masks(plan, b, idx, T)[1]).sub_(_safe(lse[:, idx])[..., None])
     p = p.exp_()
     # (T x G) @ (G x D) products land in dk/dv in place: no (H, T, D) temporaries
     if keep is None:

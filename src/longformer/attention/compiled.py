@@ -205,12 +205,15 @@ def _backward(dout, q, k, v, out, lse, key_valid, is_global, window, dilation, c
         _ptr(dq), _ptr(dk), _ptr(dv), *args.masks()[:2], None if row_global is None else _ptr(row_global),
         *args.masks()[2:], float(scale), torch.get_num_threads(),
     )
-    for b, idx in enumerate(plan.global_idx):
-        if idx is not None:
-            # (widens to fp32 itself; torch's flash backward was measured slower here: 16 vs 6 ms at G=1,
-            # 39 vs 42 ms at G=64)
-            global_rows_backward(plan, b, idx, q[b], k[b], v[b], lse[b], do[b], delta[b], dq[b], dk[b], dv[b],
-                                 args.keep(plan, b, idx))
+    if args.any_global:
+        # fp32 copies: the flash forward accumulated bf16/fp16 products in fp32, so the recomputed scores
+        # must be fp32 products too to match its lse (torch's flash backward was measured slower here:
+        # 16 vs 6 ms at G=1, 39 vs 42 ms at G=64)
+        qf, kf, vf, dof = _fp32(q), _fp32(k), _fp32(v), _fp32(do)
+        for b, idx in enumerate(plan.global_idx):
+            if idx is not None:
+                global_rows_backward(plan, b, idx, qf[b], kf[b], vf[b], lse[b], dof[b], delta[b], dq[b], dk[b],
+                                     dv[b], args.keep(plan, b, idx))
     return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype)
 
 
