@@ -757,6 +757,89 @@ static void backward_item(const Problem &P, const Seq &s, const Item &it, const 
 }
 
 // ---------------------------------------------------------------------------------------------
+// part 3 backward: the global rows (full attention over every key), for one head and one range of keys
+
+static const long KEY_CHUNK = 512;  // keys per work item of the global rows' backward
+
+// The G global rows of head (b, h) against keys [t0, t1): adds their share of dK and dV to those key
+// rows (which no other item touches) and of dQ to the global rows (under a lock). Scores are kept
+// transposed, St (keys x Gp), so the softmax runs along rows of VW global queries.
+static void global_rows_backward_item(const Problem &P, long b, long h, long t0, long t1, const void *q,
+                                      const void *k, const void *v, const void *dout, const float *lse,
+                                      const float *delta, float *dq, float *dk, float *dv) {
+    const long G = P.gcount[b], Gp = round_up(G, NR), Dp = P.Dp, D = P.D, n = t1 - t0, np = round_up(n, MR);
+    const long head = (b * P.H + h) * P.T;
+    const int64_t *gpos = P.gpos + b * P.Gmax;
+    // scaled global queries, transposed (Dp x Gp) and as rows (Gp x Dp); their dO likewise
+    float *Qt = fbuf(0, Dp * Gp, true), *Qn = fbuf(1, Gp * Dp, true), *dOt = fbuf(2, Dp * Gp, true),
+          *dOn = fbuf(3, Gp * Dp, true), *row = fbuf(4, D, false);
+    float *L = fbuf(5, Gp, true), *Dl = fbuf(6, Gp, true);
+    uint32_t *rh = (uint32_t *)fbuf(7, Gp, true);
+    for (long g = 0; g < G; g++) {
+        const long pos = gpos[g];
+        load_row(P.dtype, q, (head + pos) * D, row, D, P.scale);
+        for (long d = 0; d < D; d++) Qt[d * Gp + g] = row[d], Qn[g * Dp + d] = row[d];
+        load_row(P.dtype, dout, (head + pos) * D, row, D, 1.0f);
+        for (long d = 0; d < D; d++) dOt[d * Gp + g] = row[d], dOn[g * Dp + d] = row[d];
+        L[g] = lse[head + pos];
+        Dl[g] = delta[head + pos];
+        if (P.drop_thr) rh[g] = P.row_hash(b, h, pos);
+    }
+    // the keys and values of the range, as rows of Dp
+    float *Kc = fbuf(8, np * Dp, true), *Vc = fbuf(9, np * Dp, true);
+    for (long t = 0; t < n; t++) {
+        load_row(P.dtype, k, (head + t0 + t) * D, &Kc[t * Dp], D, 1.0f);
+        load_row(P.dtype, v, (head + t0 + t) * D, &Vc[t * Dp], D, 1.0f);
+    }
+    float *St = fbuf(10, np * Gp + MR, false), *dSt = fbuf(11, np * Gp + MR, false);
+    auto all_d = [&](long, long &lo, long &hi) { lo = 0, hi = Dp; };
+    gemm(np, Gp, Kc, Dp, 1, Qt, Gp, St, Gp, false, all_d);
+    gemm(np, Gp, Vc, Dp, 1, dOt, Gp, dSt, Gp, false, all_d);
+    // P = exp(S - lse) where key t is allowed for global row g, dS = P (dP - delta); with dropout
+    // (keep factor f): dV takes P f and dS = P (dP f - delta)
+    const vf ninf = vset(NEG_INF), zero = vset(0.0f);
+    for (long t = 0; t < np; t++) {
+        const long pos = t0 + t;
+        const bool key_ok = t < n && (!P.key_valid || P.key_valid[b * P.T + pos]);
+        for (long g0 = 0; g0 < Gp; g0 += VW) {
+            float *sp = &St[t * Gp + g0], *dsp = &dSt[t * Gp + g0];
+            vi ok = vset(key_ok ? 1.0f : 0.0f) != zero;
+            vf lv = vld(&L[g0]);
+            ok &= lv != ninf;  // a global row with no key at all: every p = 0
+            vi lane_in = {};
+            for (long a = 0; a < VW; a++) lane_in[a] = (g0 + a < G && (!P.causal || pos <= gpos[g0 + a])) ? -1 : 0;
+            ok &= lane_in;
+            vf p = vexp(vld(sp) - (vf)((vi)lv & ok));
+            p = (vf)((vi)p & ok);
+            vf dp = vld(dsp);
+            if (P.drop_thr) {
+                const vf f = P.keep(vldu(&rh[g0]), pos);
+                dp = dp * f;
+                vst(sp, p * f);
+            } else {
+                vst(sp, p);
+            }
+            vst(dsp, p * (dp - vld(&Dl[g0])));
+        }
+    }
+    // key rows: dV += P dO_g, dK += dS Q_g (scaled); global rows: dQ_g += dS^T K (scaled below)
+    float *dVc = fbuf(12, np * Dp, false), *dKc = fbuf(13, np * Dp, false), *dQ = fbuf(14, Gp * Dp, false);
+    auto all_g = [&](long, long &lo, long &hi) { lo = 0, hi = G; };
+    gemm(np, Dp, St, Gp, 1, dOn, Dp, dVc, Dp, false, all_g);
+    gemm(np, Dp, dSt, Gp, 1, Qn, Dp, dKc, Dp, false, all_g);
+    gemm(Gp, Dp, dSt, 1, Gp, Kc, Dp, dQ, Dp, false, [&](long, long &lo, long &hi) { lo = 0, hi = n; });
+    for (long t = 0; t < n; t++) {
+        float *gk = dk + (head + t0 + t) * D, *gv = dv + (head + t0 + t) * D;
+        for (long d = 0; d < D; d++) gk[d] += dKc[t * Dp + d], gv[d] += dVc[t * Dp + d];
+    }
+#pragma omp critical(longformer_dq)
+    for (long g = 0; g < G; g++) {
+        float *gq = dq + (head + gpos[g]) * D;
+        for (long d = 0; d < D; d++) gq[d] += dQ[g * Dp + d] * P.scale;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // entry points (ctypes)
 
 static Problem make_problem(const int64_t *cfg, const uint8_t *band_ok, const uint8_t *key_valid, const int64_t *gpos,
@@ -781,6 +864,27 @@ static Problem make_problem(const int64_t *cfg, const uint8_t *band_ok, const ui
 extern "C" {
 
 int lf_simd_width(void) { return VW; }
+
+// Part 3 of the backward: the gradients of the global rows' full attention (each global row of batch
+// element b against every key), added to dq, dk and dv (fp32). q, k, v and dout of cfg's dtype; lse and
+// delta (B, H, T) as saved and as written by lf_band_backward. Run after lf_band_backward.
+void lf_global_rows_backward(const int64_t *cfg, const void *q, const void *k, const void *v, const void *dout,
+                             const float *lse, const float *delta, float *dq, float *dk, float *dv,
+                             const uint8_t *key_valid, const int64_t *gpos, const int64_t *gcount, float scale,
+                             int threads) {
+    Problem P = make_problem(cfg, nullptr, key_valid, gpos, gcount, scale);
+    std::vector<long> items;  // (b * H + h) * chunks + chunk
+    const long chunks = (P.T + KEY_CHUNK - 1) / KEY_CHUNK;
+    for (long b = 0; b < P.B; b++)
+        if (P.gcount[b] > 0)
+            for (long i = 0; i < P.H * chunks; i++) items.push_back(b * P.H * chunks + i);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (long i = 0; i < (long)items.size(); i++) {
+        const long bh = items[i] / chunks, c = items[i] % chunks;
+        global_rows_backward_item(P, bh / P.H, bh % P.H, c * KEY_CHUNK, lmin(P.T, (c + 1) * KEY_CHUNK), q, k, v, dout,
+                                  lse, delta, dq, dk, dv);
+    }
+}
 int lf_bf16_dot_native(void) { return BF16_DOT_NATIVE; }
 
 // q, k, v and out of cfg's dtype; lse fp32

@@ -2,7 +2,8 @@
 
 Parts 1 and 2 of the pattern (the band, and every row against the global keys; see blocked.py) run
 fused in _kernel.cpp, forward and backward, over all heads, dilations and batch elements in one
-call. Part 3 (global rows as full attention, G x T) runs in torch, shared with the blocked kernel.
+call. Part 3 (global rows as full attention, G x T) runs forward in torch (its fused flash op) and
+backward in the kernel too.
 The kernel reads fp32, bf16 or fp16 inputs as they are and widens them while packing; it computes in
 fp32, so low-precision results carry only their final rounding. The one exception is the bf16
 forward on CPUs with AVX512-BF16 (see BF16_DOT): its products take bf16 operands, probabilities
@@ -19,7 +20,7 @@ import torch
 
 from . import _native
 from ._band import NEG_INF
-from .blocked import _global_masks, _Plan, global_rows_backward, global_rows_forward
+from .blocked import _global_masks, _Plan, global_rows_forward
 from .dropout import keep_factor, threshold
 
 BLOCK = 64  # query rows per block: a multiple of the kernel's 2 * SIMD width (16 or 32 floats)
@@ -206,14 +207,12 @@ def _backward(dout, q, k, v, out, lse, key_valid, is_global, window, dilation, c
         *args.masks()[2:], float(scale), torch.get_num_threads(),
     )
     if args.any_global:
-        # fp32 copies: the flash forward accumulated bf16/fp16 products in fp32, so the recomputed scores
-        # must be fp32 products too to match its lse (torch's flash backward was measured slower here:
-        # 16 vs 6 ms at G=1, 39 vs 42 ms at G=64)
-        qf, kf, vf, dof = _fp32(q), _fp32(k), _fp32(v), _fp32(do)
-        for b, idx in enumerate(plan.global_idx):
-            if idx is not None:
-                global_rows_backward(plan, b, idx, qf[b], kf[b], vf[b], lse[b], dof[b], delta[b], dq[b], dk[b],
-                                     dv[b], args.keep(plan, b, idx))
+        # part 3 (the global rows' full attention) in the kernel too, after parts 1 and 2: its scores are
+        # fp32 products of the inputs, as in the flash forward that made its lse
+        _native.load().lf_global_rows_backward(
+            _ptr(args.cfg), _ptr(q), _ptr(k), _ptr(v), _ptr(do), _ptr(lse), _ptr(delta), _ptr(dq), _ptr(dk),
+            _ptr(dv), args.masks()[1], *args.masks()[2:], float(scale), torch.get_num_threads(),
+        )
     return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype)
 
 
