@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <algorithm>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -757,63 +758,128 @@ static void backward_item(const Problem &P, const Seq &s, const Item &it, const 
 }
 
 // ---------------------------------------------------------------------------------------------
-// part 3 backward: the global rows (full attention over every key), for one head and one range of keys
+// part 3: the global rows (full attention over every key), per head and range of keys
 
-static const long KEY_CHUNK = 512;  // keys per work item of the global rows' backward
+static const long KEY_CHUNK = 512;  // keys per work item of the global rows
 
-// The G global rows of head (b, h) against keys [t0, t1): adds their share of dK and dV to those key
-// rows (which no other item touches) and of dQ to the global rows (under a lock). Scores are kept
-// transposed, St (keys x Gp), so the softmax runs along rows of VW global queries.
+// The global rows of head (b, h) against keys [t0, t1): their scaled queries transposed (Dp x Gp, G
+// padded to NR), the keys and values as rows of Dp (zero beyond t1), and the scores kept transposed,
+// St (keys x Gp), so that a softmax over keys runs along rows of VW global queries.
+struct GlobalRows {
+    const Problem &P;
+    long b, h, t0, n, np, G, Gp, head;
+    const int64_t *gpos;
+    float *Qt, *St;
+    const float *Kc, *Vc;  // rows of Dp floats
+    uint32_t *rh;          // dropout row hashes of the global rows
+    int32_t *last_key;     // per global row: the last key position it may see (-1: padding lane)
+
+    GlobalRows(const Problem &P, long b, long h, long t0, long t1, const void *q, const void *k, const void *v)
+        : P(P), b(b), h(h), t0(t0), n(t1 - t0), np(round_up(t1 - t0, MR)), G(P.gcount[b]), Gp(round_up(G, NR)),
+          head((b * P.H + h) * P.T), gpos(P.gpos + b * P.Gmax) {
+        const long Dp = P.Dp, D = P.D;
+        Qt = fbuf(0, Dp * Gp, true);
+        float *row = fbuf(4, D, false);
+        rh = (uint32_t *)fbuf(7, Gp, true);
+        last_key = (int32_t *)fbuf(15, Gp, false);
+        for (long g = 0; g < Gp; g++) last_key[g] = g >= G ? -1 : P.causal ? (int32_t)gpos[g] : INT32_MAX;
+        for (long g = 0; g < G; g++) {
+            load_row(P.dtype, q, (head + gpos[g]) * D, row, D, P.scale);
+            for (long d = 0; d < D; d++) Qt[d * Gp + g] = row[d];
+            if (P.drop_thr) rh[g] = P.row_hash(b, h, gpos[g]);
+        }
+        if (P.dtype == F32 && D == Dp && head + t0 + np <= P.B * P.H * P.T) {
+            // fp32 rows of Dp floats are read where they are (rows n .. np - 1 belong to the next head or
+            // batch element: in bounds, and masked): at small G this copy would cost as much as the work
+            Kc = (const float *)k + (head + t0) * D, Vc = (const float *)v + (head + t0) * D;
+        } else {
+            float *kc = fbuf(8, np * Dp, true), *vc = fbuf(9, np * Dp, true);
+            for (long t = 0; t < n; t++) {
+                load_row(P.dtype, k, (head + t0 + t) * D, &kc[t * Dp], D, 1.0f);
+                load_row(P.dtype, v, (head + t0 + t) * D, &vc[t * Dp], D, 1.0f);
+            }
+            Kc = kc, Vc = vc;
+        }
+        St = fbuf(10, np * Gp + MR, false);
+        gemm(np, Gp, Kc, Dp, 1, Qt, Gp, St, Gp, false, [&](long, long &lo, long &hi) { lo = 0, hi = Dp; });
+    }
+
+    // lanes g0 .. g0 + VW - 1 that may attend key row t (a valid key, causal order, a real global row)
+    vi allowed(long t, long g0) const {
+        const long pos = t0 + t;
+        if (t >= n || (P.key_valid && !P.key_valid[b * P.T + pos])) return vi{};
+        vi last;  // the last key position each lane may see
+        memcpy(&last, &last_key[g0], sizeof last);
+        return last >= (vi)vsetu((uint32_t)pos);
+    }
+    // keep factors of the global rows g0 .. g0 + VW - 1 for key row t (dropout)
+    vf keep(long t, long g0) const { return P.keep(vldu(&rh[g0]), t0 + t); }
+};
+
+// Forward partials of the global rows of head (b, h) against keys [t0, t1): per row the max score m,
+// the sum l of exp(s - m), and o = P V with the (kept) probabilities exp(s - m). part: m (Gp), l (Gp),
+// o (Gp x Dp); lf_global_rows_forward merges the parts of all key ranges.
+static void global_rows_forward_item(const Problem &P, long b, long h, long t0, long t1, const void *q,
+                                     const void *k, const void *v, float *part) {
+    GlobalRows R(P, b, h, t0, t1, q, k, v);
+    const long Gp = R.Gp, Dp = P.Dp;
+    float *m = part, *l = part + Gp, *o = part + 2 * Gp, *St = R.St;
+    const vf ninf = vset(NEG_INF);
+    for (long g0 = 0; g0 < Gp; g0 += VW) {
+        vf mx = ninf;
+        for (long t = 0; t < R.np; t++) {
+            const vi ok = R.allowed(t, g0);
+            const vf sv = (vf)(((vi)vld(&St[t * Gp + g0]) & ok) | ((vi)ninf & ~ok));  // masked: -inf
+            vst(&St[t * Gp + g0], sv);
+            mx = vmax(mx, sv);
+        }
+        const vf base = mx == ninf ? vset(0.0f) : mx;  // no key at all: every p = 0
+        vf sum = {};
+        for (long t = 0; t < R.np; t++) {
+            vf p = vexp(vld(&St[t * Gp + g0]) - base);
+            sum += p;
+            if (P.drop_thr) p = p * R.keep(t, g0);
+            vst(&St[t * Gp + g0], p);
+        }
+        vst(&m[g0], mx);
+        vst(&l[g0], sum);
+    }
+    // o (Gp x Dp) = P^T V over the range's keys
+    gemm(Gp, Dp, St, 1, Gp, R.Vc, Dp, o, Dp, false, [&](long, long &lo, long &hi) { lo = 0, hi = R.n; });
+}
+
+// Backward of the global rows of head (b, h) against keys [t0, t1): adds their share of dK and dV to
+// those key rows (which no other item touches) and of dQ to the global rows (under a lock).
 static void global_rows_backward_item(const Problem &P, long b, long h, long t0, long t1, const void *q,
                                       const void *k, const void *v, const void *dout, const float *lse,
                                       const float *delta, float *dq, float *dk, float *dv) {
-    const long G = P.gcount[b], Gp = round_up(G, NR), Dp = P.Dp, D = P.D, n = t1 - t0, np = round_up(n, MR);
-    const long head = (b * P.H + h) * P.T;
-    const int64_t *gpos = P.gpos + b * P.Gmax;
-    // scaled global queries, transposed (Dp x Gp) and as rows (Gp x Dp); their dO likewise
-    float *Qt = fbuf(0, Dp * Gp, true), *Qn = fbuf(1, Gp * Dp, true), *dOt = fbuf(2, Dp * Gp, true),
-          *dOn = fbuf(3, Gp * Dp, true), *row = fbuf(4, D, false);
-    float *L = fbuf(5, Gp, true), *Dl = fbuf(6, Gp, true);
-    uint32_t *rh = (uint32_t *)fbuf(7, Gp, true);
+    GlobalRows R(P, b, h, t0, t1, q, k, v);
+    const long G = R.G, Gp = R.Gp, Dp = P.Dp, D = P.D, n = R.n, np = R.np, head = R.head;
+    // the scaled global queries as rows (Gp x Dp), their dO transposed and as rows, lse and delta
+    float *Qn = fbuf(1, Gp * Dp, true), *dOt = fbuf(2, Dp * Gp, true), *dOn = fbuf(3, Gp * Dp, true);
+    float *row = fbuf(4, D, false), *L = fbuf(5, Gp, true), *Dl = fbuf(6, Gp, true);
     for (long g = 0; g < G; g++) {
-        const long pos = gpos[g];
-        load_row(P.dtype, q, (head + pos) * D, row, D, P.scale);
-        for (long d = 0; d < D; d++) Qt[d * Gp + g] = row[d], Qn[g * Dp + d] = row[d];
+        const long pos = R.gpos[g];
+        for (long d = 0; d < D; d++) Qn[g * Dp + d] = R.Qt[d * Gp + g];
         load_row(P.dtype, dout, (head + pos) * D, row, D, 1.0f);
         for (long d = 0; d < D; d++) dOt[d * Gp + g] = row[d], dOn[g * Dp + d] = row[d];
         L[g] = lse[head + pos];
         Dl[g] = delta[head + pos];
-        if (P.drop_thr) rh[g] = P.row_hash(b, h, pos);
     }
-    // the keys and values of the range, as rows of Dp
-    float *Kc = fbuf(8, np * Dp, true), *Vc = fbuf(9, np * Dp, true);
-    for (long t = 0; t < n; t++) {
-        load_row(P.dtype, k, (head + t0 + t) * D, &Kc[t * Dp], D, 1.0f);
-        load_row(P.dtype, v, (head + t0 + t) * D, &Vc[t * Dp], D, 1.0f);
-    }
-    float *St = fbuf(10, np * Gp + MR, false), *dSt = fbuf(11, np * Gp + MR, false);
-    auto all_d = [&](long, long &lo, long &hi) { lo = 0, hi = Dp; };
-    gemm(np, Gp, Kc, Dp, 1, Qt, Gp, St, Gp, false, all_d);
-    gemm(np, Gp, Vc, Dp, 1, dOt, Gp, dSt, Gp, false, all_d);
-    // P = exp(S - lse) where key t is allowed for global row g, dS = P (dP - delta); with dropout
-    // (keep factor f): dV takes P f and dS = P (dP f - delta)
-    const vf ninf = vset(NEG_INF), zero = vset(0.0f);
-    for (long t = 0; t < np; t++) {
-        const long pos = t0 + t;
-        const bool key_ok = t < n && (!P.key_valid || P.key_valid[b * P.T + pos]);
+    float *St = R.St, *dSt = fbuf(11, np * Gp + MR, false);
+    gemm(np, Gp, R.Vc, Dp, 1, dOt, Gp, dSt, Gp, false, [&](long, long &lo, long &hi) { lo = 0, hi = Dp; });
+    // P = exp(S - lse) where allowed, dS = P (dP - delta); with dropout (keep factor f): dV takes P f
+    // and dS = P (dP f - delta)
+    const vf ninf = vset(NEG_INF);
+    for (long t = 0; t < np; t++)
         for (long g0 = 0; g0 < Gp; g0 += VW) {
             float *sp = &St[t * Gp + g0], *dsp = &dSt[t * Gp + g0];
-            vi ok = vset(key_ok ? 1.0f : 0.0f) != zero;
-            vf lv = vld(&L[g0]);
-            ok &= lv != ninf;  // a global row with no key at all: every p = 0
-            vi lane_in = {};
-            for (long a = 0; a < VW; a++) lane_in[a] = (g0 + a < G && (!P.causal || pos <= gpos[g0 + a])) ? -1 : 0;
-            ok &= lane_in;
-            vf p = vexp(vld(sp) - (vf)((vi)lv & ok));
-            p = (vf)((vi)p & ok);
+            const vf lv = vld(&L[g0]);
+            const vi ok = R.allowed(t, g0) & (lv != ninf);  // a global row with no key at all: every p = 0
+            const vf p = (vf)((vi)vexp(vld(sp) - (vf)((vi)lv & ok)) & ok);
             vf dp = vld(dsp);
             if (P.drop_thr) {
-                const vf f = P.keep(vldu(&rh[g0]), pos);
+                const vf f = R.keep(t, g0);
                 dp = dp * f;
                 vst(sp, p * f);
             } else {
@@ -821,22 +887,30 @@ static void global_rows_backward_item(const Problem &P, long b, long h, long t0,
             }
             vst(dsp, p * (dp - vld(&Dl[g0])));
         }
-    }
     // key rows: dV += P dO_g, dK += dS Q_g (scaled); global rows: dQ_g += dS^T K (scaled below)
     float *dVc = fbuf(12, np * Dp, false), *dKc = fbuf(13, np * Dp, false), *dQ = fbuf(14, Gp * Dp, false);
     auto all_g = [&](long, long &lo, long &hi) { lo = 0, hi = G; };
     gemm(np, Dp, St, Gp, 1, dOn, Dp, dVc, Dp, false, all_g);
     gemm(np, Dp, dSt, Gp, 1, Qn, Dp, dKc, Dp, false, all_g);
-    gemm(Gp, Dp, dSt, 1, Gp, Kc, Dp, dQ, Dp, false, [&](long, long &lo, long &hi) { lo = 0, hi = n; });
+    gemm(Gp, Dp, dSt, 1, Gp, R.Kc, Dp, dQ, Dp, false, [&](long, long &lo, long &hi) { lo = 0, hi = n; });
     for (long t = 0; t < n; t++) {
         float *gk = dk + (head + t0 + t) * D, *gv = dv + (head + t0 + t) * D;
         for (long d = 0; d < D; d++) gk[d] += dKc[t * Dp + d], gv[d] += dVc[t * Dp + d];
     }
 #pragma omp critical(longformer_dq)
     for (long g = 0; g < G; g++) {
-        float *gq = dq + (head + gpos[g]) * D;
+        float *gq = dq + (head + R.gpos[g]) * D;
         for (long d = 0; d < D; d++) gq[d] += dQ[g * Dp + d] * P.scale;
     }
+}
+
+// The (b, h, key range) work items of the global rows: every head of every batch element with globals.
+static std::vector<long> global_items(const Problem &P, long chunks) {
+    std::vector<long> items;  // (b * H + h) * chunks + chunk
+    for (long b = 0; b < P.B; b++)
+        if (P.gcount[b] > 0)
+            for (long i = 0; i < P.H * chunks; i++) items.push_back(b * P.H * chunks + i);
+    return items;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -865,19 +939,55 @@ extern "C" {
 
 int lf_simd_width(void) { return VW; }
 
-// Part 3 of the backward: the gradients of the global rows' full attention (each global row of batch
-// element b against every key), added to dq, dk and dv (fp32). q, k, v and dout of cfg's dtype; lse and
-// delta (B, H, T) as saved and as written by lf_band_backward. Run after lf_band_backward.
+// Part 3 of the forward: the global rows' full attention (each global row of batch element b against
+// every key). Writes their rows of out (cfg's dtype) and lse, over whatever parts 1 and 2 wrote there.
+void lf_global_rows_forward(const int64_t *cfg, const void *q, const void *k, const void *v, void *out, float *lse,
+                            const uint8_t *key_valid, const int64_t *gpos, const int64_t *gcount, float scale,
+                            int threads) {
+    Problem P = make_problem(cfg, nullptr, key_valid, gpos, gcount, scale);
+    const long chunks = (P.T + KEY_CHUNK - 1) / KEY_CHUNK, Gp = round_up(P.Gmax, NR), stride = Gp * (P.Dp + 2);
+    const std::vector<long> items = global_items(P, chunks);
+    std::vector<float> parts(items.size() * stride);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (long i = 0; i < (long)items.size(); i++) {
+        const long bh = items[i] / chunks, c = items[i] % chunks;
+        global_rows_forward_item(P, bh / P.H, bh % P.H, c * KEY_CHUNK, lmin(P.T, (c + 1) * KEY_CHUNK), q, k, v,
+                                 &parts[i * stride]);
+    }
+    // merge the key ranges of each head: items of one head are consecutive, its own Gp apart inside
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (long i0 = 0; i0 < (long)items.size(); i0 += chunks) {
+        const long bh = items[i0] / chunks, b = bh / P.H, G = P.gcount[b], Gb = round_up(G, NR), D = P.D;
+        std::vector<float> o(D);
+        for (long g = 0; g < G; g++) {
+            float M = NEG_INF, L = 0.0f;
+            for (long c = 0; c < chunks; c++) M = fmaxf(M, parts[(i0 + c) * stride + g]);
+            std::fill(o.begin(), o.end(), 0.0f);
+            if (M != NEG_INF)
+                for (long c = 0; c < chunks; c++) {
+                    const float *part = &parts[(i0 + c) * stride];
+                    if (part[g] == NEG_INF) continue;
+                    const float w = expf(part[g] - M);
+                    L += part[Gb + g] * w;
+                    for (long d = 0; d < D; d++) o[d] += part[2 * Gb + g * P.Dp + d] * w;
+                }
+            const long pos = gpos[b * P.Gmax + g], row = bh * P.T + pos;
+            store_row(P.dtype, out, row * D, o.data(), D, L > 0 ? 1.0f / L : 0.0f);
+            lse[row] = L > 0 ? M + logf(L) : NEG_INF;
+        }
+    }
+}
+
+// Part 3 of the backward: the gradients of the global rows' full attention, added to dq, dk and dv
+// (fp32). q, k, v and dout of cfg's dtype; lse and delta (B, H, T) as saved and as written by
+// lf_band_backward. Run after lf_band_backward.
 void lf_global_rows_backward(const int64_t *cfg, const void *q, const void *k, const void *v, const void *dout,
                              const float *lse, const float *delta, float *dq, float *dk, float *dv,
                              const uint8_t *key_valid, const int64_t *gpos, const int64_t *gcount, float scale,
                              int threads) {
     Problem P = make_problem(cfg, nullptr, key_valid, gpos, gcount, scale);
-    std::vector<long> items;  // (b * H + h) * chunks + chunk
     const long chunks = (P.T + KEY_CHUNK - 1) / KEY_CHUNK;
-    for (long b = 0; b < P.B; b++)
-        if (P.gcount[b] > 0)
-            for (long i = 0; i < P.H * chunks; i++) items.push_back(b * P.H * chunks + i);
+    const std::vector<long> items = global_items(P, chunks);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (long i = 0; i < (long)items.size(); i++) {
         const long bh = items[i] / chunks, c = items[i] % chunks;
@@ -885,6 +995,7 @@ void lf_global_rows_backward(const int64_t *cfg, const void *q, const void *k, c
                                   lse, delta, dq, dk, dv);
     }
 }
+
 int lf_bf16_dot_native(void) { return BF16_DOT_NATIVE; }
 
 // q, k, v and out of cfg's dtype; lse fp32

@@ -2,8 +2,9 @@
 
 Parts 1 and 2 of the pattern (the band, and every row against the global keys; see blocked.py) run
 fused in _kernel.cpp, forward and backward, over all heads, dilations and batch elements in one
-call. Part 3 (global rows as full attention, G x T) runs forward in torch (its fused flash op) and
-backward in the kernel too.
+call. Part 3 (the global rows as full attention, G x T) runs in the kernel's backward too, over
+ranges of keys in parallel; its forward goes through torch's fused flash op (faster at few global
+rows), or the kernel when dropout is on.
 The kernel reads fp32, bf16 or fp16 inputs as they are and widens them while packing; it computes in
 fp32, so low-precision results carry only their final rounding. The one exception is the bf16
 forward on CPUs with AVX512-BF16 (see BF16_DOT): its products take bf16 operands, probabilities
@@ -20,8 +21,8 @@ import torch
 
 from . import _native
 from ._band import NEG_INF
-from .blocked import _global_masks, _Plan, global_rows_forward
-from .dropout import keep_factor, threshold
+from .blocked import _global_masks, _Plan
+from .dropout import threshold
 
 BLOCK = 64  # query rows per block: a multiple of the kernel's 2 * SIMD width (16 or 32 floats)
 
@@ -140,22 +141,12 @@ class _Args:
         self.key_valid = None if plan.key_valid is None else plan.key_valid.to(torch.uint8).contiguous()
         self.any_global = self.Gmax > 0
 
-    def keep(self, plan: _Plan, b: int, idx: torch.Tensor) -> torch.Tensor | None:
-        """Dropout keep factors (H, G, T) of the global rows idx of batch element b, or None."""
-        if not self.thr:
-            return None
-        return keep_factor(self.seed, self.thr, b, plan.H, idx, torch.arange(plan.T, device=idx.device))
-
     def masks(self) -> list:
         ptr = lambda t: None if t is None else ctypes.c_void_p(t.data_ptr())  # noqa: E731
         return [
             ptr(self.band_ok), ptr(self.key_valid),
             ptr(self.gpos) if self.any_global else None, ptr(self.gcount) if self.any_global else None,
         ]
-
-
-def _fp32(t: torch.Tensor) -> torch.Tensor:
-    return t.to(torch.float32).contiguous()
 
 
 def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
@@ -173,18 +164,20 @@ def _forward(q, k, v, key_valid, is_global, window, dilation, causal, scale, dro
         _ptr(args.cfg), _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), *args.masks(), float(scale),
         torch.get_num_threads(),
     )
-    if args.any_global:
-        if args.thr:
-            qf, kf, vf = _fp32(q), _fp32(k), _fp32(v)
-            for b, idx in enumerate(plan.global_idx):
-                if idx is not None:
-                    global_rows_forward(plan, b, idx, qf[b], kf[b], vf[b], out[b], lse[b], args.keep(plan, b, idx))
-        else:
-            # torch's flash op takes bf16/fp16 as they are (fp32 accumulation): measured at T=4096, H=12,
-            # bf16 in place vs widened first: 4.9 vs 16.5 ms at G=1, 11.3 vs 15.4 ms at G=64
-            for b, idx in enumerate(plan.global_idx):
-                if idx is not None:
-                    _global_rows_flash_forward(plan, b, idx, q[b], k[b], v[b], out[b], lse[b])
+    if args.any_global and args.thr:
+        # part 3 (the global rows' full attention) with dropout: in the kernel, key ranges in parallel
+        # merged by their log-sum-exps
+        _native.load().lf_global_rows_forward(
+            _ptr(args.cfg), _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), args.masks()[1], *args.masks()[2:],
+            float(scale), torch.get_num_threads(),
+        )
+    elif args.any_global:
+        # without dropout through torch's fused flash op, which reads k and v where they are: measured at
+        # T=4096, H=12, fp32, in one process against the kernel's version: 2.7 vs 4.3 ms at G=1, 3.9 vs
+        # 3.7 ms at G=8, 13.1 vs 10.8 ms at G=64. It takes bf16/fp16 as they are, accumulating in fp32.
+        for b, idx in enumerate(plan.global_idx):
+            if idx is not None:
+                _global_rows_flash_forward(plan, b, idx, q[b], k[b], v[b], out[b], lse[b])
     return out, lse
 
 
@@ -216,11 +209,9 @@ def _backward(dout, q, k, v, out, lse, key_valid, is_global, window, dilation, c
     return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype)
 
 
-# Part 3 forward (the G global rows, full attention over T keys) through torch's fused CPU
-# flash-attention op, which also returns the log-sum-exp that the backward needs: one pass instead of
-# the half dozen elementwise passes over (H, G, T) scores of blocked.global_rows_forward (measured at
-# T=4096, H=12: 13 vs 24 ms at G=64, 1.9 vs 2.4 ms at G=1). Without dropout only (the op's own
-# dropout is not our hash mask).
+# Part 3 forward without dropout (the G global rows, full attention over T keys) through torch's fused
+# CPU flash-attention op, which also returns the log-sum-exp that the backward needs (the op's own
+# dropout is not our hash mask: with dropout the kernel's lf_global_rows_forward runs instead).
 def _flash_mask(plan: _Plan, b: int, idx: torch.Tensor):
     """(additive (G, T) mask or None, bool (G,) rows with no key at all)."""
     _, allowed = _global_masks(plan, b, idx, plan.T)
