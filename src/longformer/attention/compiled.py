@@ -137,16 +137,15 @@ class _Args:
              _BF16_DOT_CODES[BF16_DOT], *dilation],
             dtype=torch.int64,
         )
-        self.band_ok = None if plan.band_ok is None else plan.band_ok.to(torch.uint8).contiguous()
-        self.key_valid = None if plan.key_valid is None else plan.key_valid.to(torch.uint8).contiguous()
         self.any_global = self.Gmax > 0
-
-    def masks(self) -> list:
-        ptr = lambda t: None if t is None else ctypes.c_void_p(t.data_ptr())  # noqa: E731
-        return [
-            ptr(self.band_ok), ptr(self.key_valid),
-            ptr(self.gpos) if self.any_global else None, ptr(self.gcount) if self.any_global else None,
+        # uint8 masks (B, T) and their pointers (None: no such mask); the tensors stay alive with self
+        self._keep = [
+            None if m is None else m.to(torch.uint8).contiguous()
+            for m in (plan.band_ok, plan.key_valid, plan.is_global if self.any_global else None)
         ]
+        self.band_ok, self.key_valid, self.row_global = (None if m is None else _ptr(m) for m in self._keep)
+        self.gpos_p = _ptr(self.gpos) if self.any_global else None
+        self.gcount_p = _ptr(self.gcount) if self.any_global else None
 
 
 def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
@@ -161,15 +160,15 @@ def _forward(q, k, v, key_valid, is_global, window, dilation, causal, scale, dro
     out = torch.empty(B, H, T, D, dtype=q.dtype)
     lse = torch.empty(B, H, T, dtype=torch.float32)
     _native.load().lf_band_forward(
-        _ptr(args.cfg), _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), *args.masks(), float(scale),
-        torch.get_num_threads(),
+        _ptr(args.cfg), _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), args.band_ok, args.key_valid,
+        args.gpos_p, args.gcount_p, float(scale), torch.get_num_threads(),
     )
     if args.any_global and args.thr:
         # part 3 (the global rows' full attention) with dropout: in the kernel, key ranges in parallel
         # merged by their log-sum-exps
         _native.load().lf_global_rows_forward(
-            _ptr(args.cfg), _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), args.masks()[1], *args.masks()[2:],
-            float(scale), torch.get_num_threads(),
+            _ptr(args.cfg), _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), args.key_valid, args.gpos_p,
+            args.gcount_p, float(scale), torch.get_num_threads(),
         )
     elif args.any_global:
         # without dropout through torch's fused flash op, which reads k and v where they are: measured at
@@ -193,18 +192,17 @@ def _backward(dout, q, k, v, out, lse, key_valid, is_global, window, dilation, c
     dq = torch.empty(B, H, T, D, dtype=torch.float32)
     dk = torch.zeros(B, H, T, D, dtype=torch.float32)
     dv = torch.zeros(B, H, T, D, dtype=torch.float32)
-    row_global = plan.is_global.to(torch.uint8).contiguous() if args.any_global else None
     _native.load().lf_band_backward(
         _ptr(args.cfg), _ptr(q), _ptr(k), _ptr(v), _ptr(do), _ptr(out), _ptr(lse), _ptr(delta),
-        _ptr(dq), _ptr(dk), _ptr(dv), *args.masks()[:2], None if row_global is None else _ptr(row_global),
-        *args.masks()[2:], float(scale), torch.get_num_threads(),
+        _ptr(dq), _ptr(dk), _ptr(dv), args.band_ok, args.key_valid, args.row_global, args.gpos_p, args.gcount_p,
+        float(scale), torch.get_num_threads(),
     )
     if args.any_global:
         # part 3 (the global rows' full attention) in the kernel too, after parts 1 and 2: its scores are
         # fp32 products of the inputs, as in the flash forward that made its lse
         _native.load().lf_global_rows_backward(
             _ptr(args.cfg), _ptr(q), _ptr(k), _ptr(v), _ptr(do), _ptr(lse), _ptr(delta), _ptr(dq), _ptr(dk),
-            _ptr(dv), args.masks()[1], *args.masks()[2:], float(scale), torch.get_num_threads(),
+            _ptr(dv), args.key_valid, args.gpos_p, args.gcount_p, float(scale), torch.get_num_threads(),
         )
     return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype)
 
