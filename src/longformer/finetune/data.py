@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import LongformerError
+
 TASKS = ("classification", "qa", "token-classification")
 
 
-class DataError(ValueError):
+class DataError(LongformerError, ValueError):
     """A data file that cannot be used as given; the message says what to do."""
 
 
