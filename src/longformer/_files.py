@@ -205,11 +205,13 @@ def read_json(path: str | os.PathLike) -> Any:
         raise CheckpointFileError(f"{path} is not valid JSON ({err}); {_REDO}") from None
 
 
-def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """config.json of a checkpoint dir, which must be a JSON object."""
-    path = Path(directory) / "config.json"
-    if not path.is_file():
-        raise CheckpointFileError(f"{directory} has no config.json (expected a Hugging Face checkpoint dir)")
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A config.json (the file, or the checkpoint dir holding it), which must be a JSON object."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CheckpointFileError(f"{path} has no config.json (expected a Hugging Face checkpoint dir)")
+        path = path / "config.json"
     config = read_json(path)
     if not isinstance(config, dict):
         raise CheckpointFileError(f"{path} holds a JSON {type(config).__name__}, not an object of config fields")

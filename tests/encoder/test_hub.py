@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from longformer.errors import CheckpointFileError
 from longformer.encoder import (LongformerConfig, LongformerForMaskedLM, LongformerForMultipleChoice,
                                 LongformerForQuestionAnswering, LongformerForSequenceClassification,
                                 LongformerForTokenClassification, LongformerModel)
@@ -126,9 +127,9 @@ def test_unsupported_model_type_and_missing_files(tmp_path):
     with pytest.raises(ValueError, match="longformer convert"):
         LongformerModel.from_pretrained(tmp_path)
     LongformerConfig(**{**tiny_config().__dict__}).to_json(tmp_path)
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    with pytest.raises(CheckpointFileError, match="model.safetensors"):
         LongformerModel.from_pretrained(tmp_path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointFileError, match="is not a directory"):
         LongformerModel.from_pretrained(tmp_path / "nope")
 
 

@@ -6,13 +6,12 @@ two-sided even size (512 there = 256 here); the conversion happens only in `from
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._files import atomic_write_bytes
+from .._files import atomic_write_json, read_config, require_fields
 from ..attention.layout import one_sided_from_hf, per_layer_dilations, per_layer_windows
 from .activations import ACTIVATIONS
 
@@ -31,6 +30,9 @@ HF_DEFAULTS: dict[str, Any] = dict(
     type_vocab_size=2, initializer_range=0.02, layer_norm_eps=1e-12, pad_token_id=1, bos_token_id=0,
     eos_token_id=2, sep_token_id=2, attention_window=512, tie_word_embeddings=True, num_labels=2,
 )
+# Fields config.json must carry (transformers always writes them): the weights' shapes follow from them.
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "max_position_embeddings")
 # Source model types `from_source_config` knows how to make long (roberta-style position offsets or not).
 SOURCE_MODEL_TYPES = {"roberta": "roberta", "xlm-roberta": "roberta", "camembert": "roberta", "bert": "bert"}
 
@@ -164,14 +166,12 @@ class LongformerConfig:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike, **overrides: Any) -> LongformerConfig:
-        """Read config.json (a file, or a directory holding one)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no config.json at {path}")
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f), **overrides)
+        """Read config.json (a file, or a directory holding one). The fields the weights' shapes depend
+        on must be in the file: a default there would build a model the checkpoint does not fit."""
+        d = read_config(path)
+        if d.get("model_type", "longformer") == "longformer":  # other types get from_dict's pointed error
+            require_fields(d, SHAPE_FIELDS, Path(path) / "config.json" if Path(path).is_dir() else path)
+        return cls.from_dict(d, **overrides)
 
     def to_hf_dict(self) -> dict[str, Any]:
         """A config.json dict transformers' LongformerConfig reads (two-sided windows: 2 * w).
@@ -194,8 +194,7 @@ class LongformerConfig:
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"
-        text = json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n"
-        atomic_write_bytes(path, text.encode("utf-8"))
+        atomic_write_json(path, self.to_hf_dict())
 
     @classmethod
     def from_source_config(

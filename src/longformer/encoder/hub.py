@@ -9,7 +9,6 @@ a task head absent from the checkpoint is initialised, with a warning naming its
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -18,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._files import atomic_write_bytes
+from .._files import atomic_write_json, read_state_dict, resolve_checkpoint, save_safetensors
+from ..errors import CheckpointFileError
 from .config import LongformerConfig
 
 # Foreign key -> our key: prefix renames, then suffix renames. Reverse them to read our names elsewhere.
@@ -40,26 +40,6 @@ def _listing(keys: list[str]) -> str:
     keys = sorted(keys)
     more = f" ... and {len(keys) - MAX_LISTED} more" if len(keys) > MAX_LISTED else ""
     return ", ".join(keys[:MAX_LISTED]) + more
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint dir: model.safetensors, its sharded index, or pytorch_model.bin."""
-    from safetensors.torch import load_file
-
-    if (path / "model.safetensors").is_file():
-        return load_file(path / "model.safetensors")
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        sd: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            sd.update(load_file(path / shard))
-        return sd
-    if (path / "pytorch_model.bin").is_file():
-        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(
-        f"no weights in {path}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
-    )
 
 
 def canonical_key(key: str) -> str | None:
@@ -93,15 +73,15 @@ def _model_keys(model: nn.Module) -> dict[str, torch.Size]:
 
 
 def load_pretrained(cls: type, path: str | os.PathLike, *, impl: str = "auto", dtype: torch.dtype | None = None,
-                    **overrides: Any) -> nn.Module:
-    """Build `cls` from a checkpoint dir and load its weights exactly; returns the model in eval mode.
+                    revision: str | None = None, **overrides: Any) -> nn.Module:
+    """Build `cls` from a checkpoint dir or hub id and load its weights exactly; returns the model in eval mode.
 
+    path: a directory, or a hub id `org/name` (optionally `org/name@revision`, or `revision=`) found
+    through huggingface_hub's cache (see longformer._files.resolve_checkpoint).
     overrides: config fields to change (e.g. num_labels=3 for a new classification head). For
     LongformerModel, `add_pooling_layer` defaults to whether the checkpoint has pooler weights.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} is not a directory (expected config.json and model weights)")
+    path = resolve_checkpoint(path, revision)
     add_pooling_layer = overrides.pop("add_pooling_layer", None)
     config = LongformerConfig.from_json(path, **overrides)
     config.architectures = [cls.__name__]
@@ -144,7 +124,7 @@ def load_pretrained(cls: type, path: str | os.PathLike, *, impl: str = "auto", d
     if mis_shaped:
         problems.append(f"{len(mis_shaped)} mis-shaped keys: {_listing(mis_shaped)}")
     if problems:
-        raise ValueError(f"checkpoint {path} does not fit {cls.__name__} ({len(expected)} tensors expected):\n  "
+        raise CheckpointFileError(f"checkpoint {path} does not fit {cls.__name__} ({len(expected)} tensors expected):\n  "
                          + "\n  ".join(problems))
     if other_heads:
         warnings.warn(f"{cls.__name__}.from_pretrained({str(path)!r}): not using {len(other_heads)} checkpoint "
@@ -166,9 +146,7 @@ def load_pretrained(cls: type, path: str | os.PathLike, *, impl: str = "auto", d
 
 
 def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write config.json + model.safetensors (atomically) in transformers' Longformer layout."""
-    from safetensors.torch import save
-
+    """Write config.json + model.safetensors (each atomically) in transformers' Longformer layout."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config: LongformerConfig = model.config
@@ -183,5 +161,5 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
         tensors[name] = t.detach().to("cpu").contiguous()
     hf = config.to_hf_dict()
     hf["architectures"] = [type(model).__name__]
-    atomic_write_bytes(path / "config.json", (json.dumps(hf, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-    atomic_write_bytes(path / "model.safetensors", save(tensors, metadata={"format": "pt"}))
+    atomic_write_json(path / "config.json", hf)
+    save_safetensors(path / "model.safetensors", tensors)
