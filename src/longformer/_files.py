@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from .errors import CheckpointFileError
 
@@ -32,12 +32,19 @@ _REDO = "re-download or re-save it (a copy interrupted half-way looks like this)
 # .NAME.PID.RANDOM.tmp (a file) or .NAME.PID.RANDOM.tmpdir (a staging dir); see _temp_prefix.
 _TEMP = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp(dir)?$")
 _OLD_SUFFIX = ".old"
+T = TypeVar("T")
 
 
 # --- writing -------------------------------------------------------------------------------------
 
 def _temp_prefix(target: Path) -> str:
     return f".{target.name}.{os.getpid()}."
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -64,6 +71,7 @@ def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], object]) 
     os.close(fd)
     tmp = Path(name)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the published file should be ordinary
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -115,6 +123,21 @@ def staging_dir(final: str | os.PathLike) -> Path:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(dir=final.parent, prefix=_temp_prefix(final), suffix=".tmpdir"))
+
+
+def build_dir(final: str | os.PathLike, build: Callable[[Path], T]) -> T:
+    """Write a whole directory: ``build(staging)`` fills a staging dir beside ``final``, which then
+    replaces ``final`` (`replace_dir`); on any error the staging dir is removed and ``final`` is
+    untouched. Returns what ``build`` returned."""
+    staged = staging_dir(final)
+    try:
+        os.chmod(staged, 0o777 & ~_umask())  # mkdtemp makes 0700; the published dir should be ordinary
+        result = build(staged)
+        replace_dir(staged, final)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return result
 
 
 def _old(final: Path) -> Path:

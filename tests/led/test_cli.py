@@ -7,7 +7,7 @@ import torch
 
 from led_helpers import hf_led
 from longformer.led import cli
-from longformer.led.hub import from_pretrained
+from longformer.led import from_pretrained
 
 WORDS = [f"w{i}" for i in range(67)]
 

@@ -8,7 +8,7 @@ import torch
 from longformer.led.config import LEDConfig
 from longformer.led.decoder import DecoderCache
 from longformer.led.generation import resolve_settings
-from longformer.led.hub import from_pretrained
+from longformer.led import from_pretrained
 from longformer.led.modeling import LEDForConditionalGeneration
 
 from led_helpers import batch, hf_led

@@ -50,7 +50,16 @@ def test_hf_odd_window_and_wrong_model_type(tmp_path):
     with pytest.raises(ValueError, match="longformer convert"):
         LEDConfig.from_dict({"model_type": "bart"})
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"model_type": "led", "encoder_layers": 1, "attention_window": [6], "num_beams": 4}))
+    full = {**LEDConfig(encoder_layers=1, attention_window=3).to_hf_dict(), "attention_window": [6], "num_beams": 4}
+    path.write_text(json.dumps(full))
     c = LEDConfig.from_json_file(path)
     assert c.attention_window == [3] and c.extra["num_beams"] == 4
     assert "num_beams" not in c.to_hf_dict()  # generation keys go to generation_config.json
+
+
+def test_config_file_without_a_shape_field_is_refused(tmp_path):
+    d = LEDConfig(encoder_layers=1, attention_window=3).to_hf_dict()
+    del d["d_model"]
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=r"config.json lacks required field\(s\) \['d_model'\]"):
+        LEDConfig.from_json_file(tmp_path)

@@ -4,8 +4,10 @@ import json
 import pytest
 import torch
 
-from longformer.led.hub import CheckpointError, from_pretrained
+from longformer.led import CheckpointError, from_pretrained
 from longformer.led.modeling import LEDForConditionalGeneration, LEDModel
+from longformer.errors import CheckpointFileError
+from longformer.led.config import LEDConfig
 
 from led_helpers import batch, hf_led
 
@@ -76,25 +78,15 @@ def test_mismatched_checkpoints_list_their_keys(tmp_path):
 
 
 def test_missing_files_and_wrong_model_type(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(CheckpointFileError, match="has no config.json"):
         from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "led", "encoder_layers": 1, "decoder_layers": 1,
                                                       "attention_window": 4}))
-    with pytest.raises(FileNotFoundError, match="model.safetensors or pytorch_model.bin"):
+    with pytest.raises(CheckpointFileError, match=r"lacks required field\(s\) \['vocab_size', 'd_model'"):
+        from_pretrained(tmp_path)
+    LEDConfig(encoder_layers=1, decoder_layers=1, attention_window=2).save(tmp_path)
+    with pytest.raises(CheckpointFileError, match="no weights in .*model.safetensors"):
         from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
     with pytest.raises(ValueError, match="unsupported model_type 't5'"):
         from_pretrained(tmp_path)
-
-
-def test_save_copies_tokenizer_files_with_the_encoder_length(tmp_path):
-    hf = hf_led()
-    (tmp_path / "tok").mkdir()
-    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 1024}))
-    (tmp_path / "tok" / "merges.txt").write_text("#version: 0.2\n")
-    hf.save_pretrained(tmp_path / "hf")
-    from longformer.led.hub import save_pretrained
-
-    save_pretrained(from_pretrained(tmp_path / "hf"), tmp_path / "out", tokenizer_from=tmp_path / "tok")
-    assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())["model_max_length"] == 96
-    assert (tmp_path / "out" / "merges.txt").read_text() == "#version: 0.2\n"

@@ -17,6 +17,8 @@ _LAZY = {
     "BERT_TO_LONGFORMER": "weights",
     "ROBERTA_TO_LONGFORMER": "weights",
     "invert": "weights",
+    "bart_to_led": "bart",
+    "LEDConversionRecord": "bart",
 }
 
 
@@ -33,6 +35,8 @@ __all__ = [
     "BERT_TO_LONGFORMER",
     "ROBERTA_TO_LONGFORMER",
     "invert",
+    "bart_to_led",
+    "LEDConversionRecord",
     "register",
 ]
 
@@ -48,7 +52,8 @@ def register(subparsers) -> None:
             "length caps raised."
         ),
     )
-    parser.add_argument("src", help="source checkpoint dir (BERT or RoBERTa; sentence-transformers dirs work)")
+    parser.add_argument("src", help="source checkpoint dir or hub id org/name[@revision] (BERT, RoBERTa or BART; "
+                        "sentence-transformers dirs work)")
     parser.add_argument("dst", help="output dir (must not exist or be empty, unless --force)")
     parser.add_argument(
         "--max-length",
@@ -91,19 +96,15 @@ def _run(args: argparse.Namespace) -> int:
         return _run_bart(args)
     max_length = 4096 if args.max_length is None else args.max_length
     attention_window = 512 if args.attention_window is None else args.attention_window  # unused if --window
-    try:
-        record = make_long(
-            args.src,
-            args.dst,
-            max_length=max_length,
-            attention_window=attention_window,
-            window=args.window,
-            force=args.force,
-            drop_unknown=args.drop_unknown,
-        )
-    except ConversionError as err:
-        print(f"longformer convert: error: {err}")
-        return 2
+    record = make_long(
+        args.src,
+        args.dst,
+        max_length=max_length,
+        attention_window=attention_window,
+        window=args.window,
+        force=args.force,
+        drop_unknown=args.drop_unknown,
+    )
     w = sorted(set(record.window))
     print(
         f"wrote {args.dst}: {record.source_type} -> longformer, {record.source_positions} -> {record.max_length} "
@@ -120,32 +121,24 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _source_type(src: str) -> str | None:
-    """model_type of SRC's config.json, or None when unreadable (make_long then reports the problem)."""
-    import json
-    from pathlib import Path
+    """model_type of SRC's config.json (SRC a dir or a hub id), or None when it has none."""
+    from .._files import read_config, resolve_checkpoint
 
-    try:
-        return json.loads((Path(src) / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return read_config(resolve_checkpoint(src)).get("model_type")
 
 
 def _run_bart(args: argparse.Namespace) -> int:
-    """BART -> LED: the encoder becomes Longformer (see longformer.led.from_bart)."""
-    from ..led.from_bart import bart_to_led
+    """BART -> LED: the encoder becomes Longformer (see convert/bart.py)."""
+    from .bart import bart_to_led
 
-    try:
-        record = bart_to_led(
-            args.src,
-            args.dst,
-            max_length=16384 if args.max_length is None else args.max_length,
-            attention_window=args.attention_window if args.window is None else None,
-            window=args.window,
-            force=args.force,
-        )
-    except ConversionError as err:
-        print(f"longformer convert: error: {err}")
-        return 2
+    record = bart_to_led(
+        args.src,
+        args.dst,
+        max_length=16384 if args.max_length is None else args.max_length,
+        attention_window=args.attention_window if args.window is None else None,
+        window=args.window,
+        force=args.force,
+    )
     print(
         f"wrote {args.dst}: bart -> led, encoder {record.source_positions} -> {record.max_length} tokens, "
         f"one-sided window {record.window}"

@@ -1,16 +1,15 @@
 """`make_long`: a BERT or RoBERTa checkpoint dir in, a Longformer checkpoint dir out (atomically)."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .._files import atomic_write_json, build_dir, resolve_checkpoint, save_safetensors
 from .errors import ConversionError
-from .files import SUPPORTED_TYPES, copy_tokenizer_files, load_source_weights, longformer_config, read_source_config, sep_token_id
+from .files import (SUPPORTED_TYPES, check_destination, copy_tokenizer_files, load_source_weights, longformer_config,
+                    read_source_config, sep_token_id)
 from .weights import convert_state_dict
 
 # Written beside the weights so a reader (and the demo's cache check) knows where the dir came from.
@@ -64,14 +63,10 @@ def make_long(
     The output holds config.json (model_type longformer), model.safetensors with Hugging Face
     Longformer key names, the record and the tokenizer files with their length caps raised.
     """
-    from safetensors.torch import save_file
-
-    src, dst = Path(src_dir), Path(dst_dir)
-    if not src.is_dir():
-        raise ConversionError(f"src_dir {str(src)!r} is not a directory")
+    src, dst = resolve_checkpoint(src_dir), Path(dst_dir)
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
         raise ConversionError(f"max_length must be a positive int, got {max_length!r}")
-    _check_destination(dst, force)
+    check_destination(dst, force)
     source = read_source_config(src)
     source_type = SUPPORTED_TYPES[source["model_type"]]  # "bert" or "roberta" family
     layers = int(source["num_hidden_layers"])
@@ -85,14 +80,10 @@ def make_long(
     has_lm_head = any(k.startswith("lm_head.") for k in state)
     config = longformer_config(source, max_length, windows, has_lm_head, sep_token_id(src))
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
-        _chmod_like_umask(tmp, 0o777)  # mkdtemp makes 0700; the published dir should be ordinary
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        del state  # the check below builds the model; do not hold two copies of the weights
-        _chmod_like_umask(tmp / "model.safetensors", 0o666)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    def build(tmp: Path) -> ConversionRecord:
+        save_safetensors(tmp / "model.safetensors", {k: v.contiguous() for k, v in state.items()})
+        state.clear()  # the check below builds the model; do not hold two copies of the weights
+        atomic_write_json(tmp / "config.json", config)
         record = ConversionRecord(
             source=str(src.resolve()),
             source_type=source_type,
@@ -104,13 +95,11 @@ def make_long(
             dropped_keys=dropped,
             tokenizer_files=copy_tokenizer_files(src, tmp, max_length),
         )
-        (tmp / RECORD_FILE).write_text(json.dumps(asdict(record), indent=2) + "\n")
+        atomic_write_json(tmp / RECORD_FILE, asdict(record))
         _check_loads(tmp, has_lm_head)
-        _publish(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return record
+        return record
+
+    return build_dir(dst, build)
 
 
 def _check_loads(path: Path, has_lm_head: bool) -> None:
@@ -148,32 +137,3 @@ def _one_sided_windows(
                 f"(512 means w = 256 each side), got {v}; use window= for the one-sided value"
             )
     return [v // 2 for v in values] if name == "attention_window" else values
-
-
-def _chmod_like_umask(path: Path, mode: int) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, mode & ~umask)
-
-
-def _check_destination(dst: Path, force: bool) -> None:
-    if dst.exists() and not dst.is_dir():
-        raise ConversionError(f"dst_dir {str(dst)!r} exists and is not a directory")
-    if dst.is_dir() and any(dst.iterdir()) and not force:
-        raise ConversionError(f"dst_dir {str(dst)!r} is not empty; pass force=True (--force) to replace it")
-
-
-def _publish(tmp: Path, dst: Path) -> None:
-    """Move the finished temp dir into place; an old dst is removed only after the move succeeded."""
-    old = None
-    if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-        os.replace(dst, old)  # renaming onto an empty dir is allowed
-    try:
-        os.replace(tmp, dst)
-    except BaseException:
-        if old is not None:
-            os.replace(old, dst)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

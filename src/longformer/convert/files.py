@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .._files import read_config, read_json, read_state_dict, weight_files
 from .errors import ConversionError
 
 # model_type -> the family whose key names and position offsets it uses.
@@ -35,7 +36,7 @@ def read_source_config(src: Path) -> dict[str, Any]:
     path = src / "config.json"
     if not path.is_file():
         raise ConversionError(f"no config.json in {src} (expected a Hugging Face BERT or RoBERTa checkpoint dir)")
-    config = json.loads(path.read_text())
+    config = read_config(path)
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_TYPES:
         hint = " (it is already a Longformer)" if model_type == "longformer" else ""
@@ -59,25 +60,17 @@ def read_source_config(src: Path) -> dict[str, Any]:
 
 def load_source_weights(src: Path) -> tuple[dict[str, torch.Tensor], str]:
     """All tensors of the checkpoint in ``src``; returns (state dict, file name(s) read)."""
-    from safetensors.torch import load_file
+    layout, files = weight_files(src)
+    state = read_state_dict(src)
+    return state, layout if len(files) == 1 and files[0].name == layout else f"{layout} ({len(files)} shards)"
 
-    single = src / "model.safetensors"
-    index = src / "model.safetensors.index.json"
-    binary = src / "pytorch_model.bin"
-    if single.is_file():
-        return load_file(str(single)), single.name
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(load_file(str(src / shard)))
-        return state, f"{index.name} ({len(shards)} shards)"
-    if binary.is_file():
-        # weights_only: a checkpoint is data, never code to run
-        return torch.load(binary, map_location="cpu", weights_only=True), binary.name
-    raise ConversionError(
-        f"no weights in {src}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
-    )
+
+def check_destination(dst: Path, force: bool) -> None:
+    """A conversion writes into a new or empty dir; replacing a non-empty one takes ``force``."""
+    if dst.exists() and not dst.is_dir():
+        raise ConversionError(f"dst_dir {str(dst)!r} exists and is not a directory")
+    if dst.is_dir() and any(dst.iterdir()) and not force:
+        raise ConversionError(f"dst_dir {str(dst)!r} is not empty; pass force=True (--force) to replace it")
 
 
 def sep_token_id(src: Path) -> int | None:
@@ -85,7 +78,7 @@ def sep_token_id(src: Path) -> int | None:
     name = None
     for file in ("special_tokens_map.json", "tokenizer_config.json"):
         if (src / file).is_file():
-            value = json.loads((src / file).read_text()).get("sep_token")
+            value = read_json(src / file).get("sep_token")
             if isinstance(value, dict):
                 value = value.get("content")
             if isinstance(value, str):
@@ -94,7 +87,7 @@ def sep_token_id(src: Path) -> int | None:
     if name is None:
         return None
     if (src / "tokenizer.json").is_file():
-        tok = json.loads((src / "tokenizer.json").read_text())
+        tok = read_json(src / "tokenizer.json")
         for added in tok.get("added_tokens", []):
             if added.get("content") == name:
                 return int(added["id"])
@@ -139,18 +132,18 @@ def copy_tokenizer_files(src: Path, dst: Path, max_length: int) -> list[str]:
         target = dst / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if name == "tokenizer_config.json":
-            data = json.loads(source.read_text())
+            data = read_json(source)
             data["model_max_length"] = max_length
             if "max_len" in data:  # the pre-2020 name of the same cap
                 data["max_len"] = max_length
             target.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         elif name == "tokenizer.json":
-            data = json.loads(source.read_text())
+            data = read_json(source)
             if isinstance(data.get("truncation"), dict):
                 data["truncation"]["max_length"] = max_length
             target.write_text(json.dumps(data, ensure_ascii=False))
         elif name == "sentence_bert_config.json":
-            data = json.loads(source.read_text())
+            data = read_json(source)
             data["max_seq_length"] = max_length
             target.write_text(json.dumps(data, indent=2) + "\n")
         else:

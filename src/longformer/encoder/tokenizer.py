@@ -6,20 +6,21 @@ tokenizer.json are switched off: a long-document model must never cut its input 
 """
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
+from .._files import read_json, resolve_checkpoint
 
 
-def load_tokenizer(path: str | os.PathLike):
-    """A `tokenizers.Tokenizer` that adds the model's special tokens (<s> ... </s> or [CLS] ... [SEP])."""
+def load_tokenizer(path: str | os.PathLike, revision: str | None = None):
+    """A `tokenizers.Tokenizer` that adds the model's special tokens (<s> ... </s> or [CLS] ... [SEP]).
+
+    path: a checkpoint dir or a hub id (only its config and tokenizer files are fetched)."""
     from tokenizers import Tokenizer
     from tokenizers.implementations import BertWordPieceTokenizer, ByteLevelBPETokenizer
     from tokenizers.processors import RobertaProcessing
 
-    path = Path(path)
+    path = resolve_checkpoint(path, revision, weights=False)
     config_file = path / "tokenizer_config.json"
-    settings = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    settings = read_json(config_file) if config_file.is_file() else {}
     if (path / "tokenizer.json").is_file():
         tok = Tokenizer.from_file(str(path / "tokenizer.json"))
     elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():

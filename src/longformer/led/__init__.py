@@ -12,12 +12,20 @@ _LAZY = {
     "LEDModel": "modeling",
     "LEDForConditionalGeneration": "modeling",
     "generate": "generation",
-    "from_pretrained": "hub",
     "save_pretrained": "hub",
     "CheckpointError": "hub",
-    "bart_to_led": "from_bart",
 }
-__all__ = list(_LAZY)
+__all__ = [*_LAZY, "from_pretrained"]
+
+
+def from_pretrained(path, cls=None, **kwargs):
+    """Load a Hugging Face LED dir or hub id as ``cls`` (default LEDForConditionalGeneration; or LEDModel).
+
+    BART -> LED conversion is `longformer.convert.bart_to_led` (a layer above the models)."""
+    from .hub import from_pretrained as load
+    from .modeling import LEDForConditionalGeneration
+
+    return load(path, cls or LEDForConditionalGeneration, **kwargs)
 
 
 def __getattr__(name: str):

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
             "their defaults are transformers' (unset options take the checkpoint's generation_config.json)."
         ),
     )
-    p.add_argument("--model", required=True, help="LED checkpoint dir (with tokenizer.json)")
+    p.add_argument("--model", required=True, help="LED checkpoint dir or hub id org/name[@revision] (with its tokenizer)")
     p.add_argument("files", nargs="*", help="text files to summarise (one summary each, printed)")
     p.add_argument("--jsonl", help="batch mode: JSON-lines input, one object per line with a text field")
     p.add_argument("--output", help="batch mode: JSON-lines output (input objects + 'summary'); resumes if interrupted")
@@ -59,20 +59,17 @@ def generation_settings(args: argparse.Namespace) -> dict:
 class Summarizer:
     """Tokenise, batch (right padding), generate, decode."""
 
-    def __init__(self, model_dir: Path, dtype: str = "float32", truncate: bool = False, global_first: bool = True,
+    def __init__(self, model_dir: str | Path, dtype: str = "float32", truncate: bool = False, global_first: bool = True,
                  settings: dict | None = None) -> None:
         import torch
-        from tokenizers import Tokenizer
 
-        from .hub import from_pretrained
+        from .._files import resolve_checkpoint
+        from ..encoder.tokenizer import load_tokenizer
+        from .modeling import LEDForConditionalGeneration
 
-        tok_path = model_dir / "tokenizer.json"
-        if not tok_path.is_file():
-            raise FileNotFoundError(f"{model_dir} has no tokenizer.json (the tokenizers-library file summarize needs)")
-        self.tokenizer = Tokenizer.from_file(str(tok_path))
-        self.tokenizer.no_truncation()
-        self.tokenizer.no_padding()
-        self.model = from_pretrained(model_dir, dtype=getattr(torch, dtype))
+        model_dir = resolve_checkpoint(model_dir)  # a local dir or a hub id
+        self.tokenizer = load_tokenizer(model_dir)
+        self.model = LEDForConditionalGeneration.from_pretrained(model_dir, dtype=getattr(torch, dtype))
         self.max_tokens = self.model.config.max_encoder_position_embeddings
         self.truncate = truncate
         self.global_first = global_first
@@ -120,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     torch.manual_seed(args.seed)
     try:
-        summarizer = Summarizer(Path(args.model), args.dtype, args.truncate, not args.no_global_first,
+        summarizer = Summarizer(args.model, args.dtype, args.truncate, not args.no_global_first,
                                 generation_settings(args))
         if args.files:
             _run_files(summarizer, [Path(f) for f in args.files], args.batch_size, tqdm)

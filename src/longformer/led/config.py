@@ -6,18 +6,21 @@ the two-sided even size (1024 there = 512 here); the conversion happens only in 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._files import atomic_write_text
+from .._files import atomic_write_json, read_config, require_fields
 from ..attention.layout import one_sided_from_hf, per_layer_dilations, per_layer_windows
 
 ACTIVATIONS = ("gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu",
                "swish", "mish", "tanh", "sigmoid", "linear")
 
+# Fields an LED config.json must carry (transformers always writes them): the weights' shapes follow.
+SHAPE_FIELDS = ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+                "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_encoder_position_embeddings",
+                "max_decoder_position_embeddings")
 # Keys of a Hugging Face config.json that belong to generation, not to the model (transformers 5 refuses
 # to save a model config holding them). We read them as generation defaults and save them in
 # generation_config.json instead.
@@ -117,7 +120,7 @@ class LEDConfig:
         """Read a Hugging Face LED config dict (model_type "led", two-sided even `attention_window`)."""
         model_type = d.get("model_type", "led")
         if model_type != "led":
-            hint = " Convert it first: `longformer convert` (led/from_bart.py)." if model_type == "bart" else ""
+            hint = " Convert it first: `longformer convert` (longformer.convert.bart_to_led)." if model_type == "bart" else ""
             raise ValueError(f"unsupported model_type {model_type!r}: expected 'led'.{hint}")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra", "attention_window", "attention_dilation"}
         kwargs: dict[str, Any] = {k: d[k] for k in names if k in d}
@@ -147,15 +150,20 @@ class LEDConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> LEDConfig:
+        """Read a config.json (the file or its directory); the fields the weights' shapes follow from
+        must be there (a default would build a model the checkpoint does not fit)."""
         path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
+        return cls.from_file_dict(read_config(path), path / "config.json" if path.is_dir() else path, **overrides)
+
+    @classmethod
+    def from_file_dict(cls, d: dict[str, Any], where: str | os.PathLike, **overrides: Any) -> LEDConfig:
+        """`from_dict` for a dict read from the file ``where``, whose shape fields must all be there."""
+        if d.get("model_type", "led") == "led":  # other types get from_dict's pointed error
+            require_fields(d, SHAPE_FIELDS, where)
         return cls.from_dict(d, **overrides)
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write `directory/config.json` atomically."""
         path = Path(directory) / "config.json"
-        atomic_write_text(path, json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n")
+        atomic_write_json(path, self.to_hf_dict())
         return path

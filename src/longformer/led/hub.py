@@ -9,55 +9,28 @@ Anything else missing, unexpected or mis-shaped is an error that lists the keys.
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._files import atomic_write_text
+from .._files import atomic_write_json, read_config, read_json, read_state_dict, resolve_checkpoint, save_safetensors
+from ..errors import CheckpointFileError
 from .config import GENERATION_KEYS, UNSUPPORTED_GENERATION, LEDConfig
-from .modeling import LEDForConditionalGeneration
 
 TIED_KEYS = ("led.shared.weight", "led.encoder.embed_tokens.weight", "led.decoder.embed_tokens.weight", "lm_head.weight")
 TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CheckpointFileError):
     """A checkpoint whose tensors do not fit the model: names every missing, unexpected or mis-shaped key."""
-
-
-def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a HF dir: model.safetensors, pytorch_model.bin, or their sharded index files."""
-    from safetensors.torch import load_file
-
-    for index_name, loader in (("model.safetensors.index.json", load_file), ("pytorch_model.bin.index.json", _load_bin)):
-        index = directory / index_name
-        if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            sd: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                sd.update(loader(str(directory / shard)))
-            return sd
-    if (directory / "model.safetensors").is_file():
-        return load_file(str(directory / "model.safetensors"))
-    if (directory / "pytorch_model.bin").is_file():
-        return _load_bin(str(directory / "pytorch_model.bin"))
-    raise FileNotFoundError(
-        f"no weights in {directory}: expected model.safetensors or pytorch_model.bin (or a sharded index)"
-    )
-
-
-def _load_bin(path: str) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def to_model_keys(sd: dict[str, torch.Tensor], model: nn.Module, config: LEDConfig) -> dict[str, torch.Tensor]:
     """Rename a HF LED state dict to `model`'s keys; raise CheckpointError listing every mismatch."""
-    is_lm = isinstance(model, LEDForConditionalGeneration)
+    is_lm = _is_lm(model)
     has_prefix = any(k.startswith("led.") for k in sd)
     out: dict[str, torch.Tensor] = {}
     for key, tensor in sd.items():
@@ -99,7 +72,7 @@ def read_generation_defaults(directory: Path, config_dict: dict[str, Any]) -> di
     if not path.is_file():
         return {k: v for k, v in config_dict.items()
                 if (k in GENERATION_KEYS and v is not None) or k in UNSUPPORTED_GENERATION}
-    source = json.loads(path.read_text())
+    source = read_json(path)
     defaults = {k: v for k, v in source.items() if k in GENERATION_KEYS and v is not None}
     defaults.update({k: v for k, v in source.items() if k in UNSUPPORTED_GENERATION})  # generate() refuses these
     # transformers then takes special tokens from this file alone (a missing one is None, and a missing
@@ -108,24 +81,27 @@ def read_generation_defaults(directory: Path, config_dict: dict[str, Any]) -> di
     return defaults
 
 
-def from_pretrained(path: str | os.PathLike, cls: type = LEDForConditionalGeneration,
-                    dtype: torch.dtype | None = None, **config_overrides: Any) -> nn.Module:
-    """Build `cls` (LEDForConditionalGeneration or LEDModel) from a HF LED dir; every tensor must fit."""
-    directory = Path(path)
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory} has no config.json (expected a Hugging Face LED directory)")
-    config_dict = json.loads((directory / "config.json").read_text())
-    config = LEDConfig.from_dict(config_dict, **config_overrides)
+def _is_lm(model: nn.Module) -> bool:
+    """LEDForConditionalGeneration (a head over `led`) rather than LEDModel; told apart by shape, so
+    that this module never imports the model module (which imports this one)."""
+    return hasattr(model, "lm_head")
+
+
+def from_pretrained(path: str | os.PathLike, cls: type, dtype: torch.dtype | None = None,
+                    revision: str | None = None, **config_overrides: Any) -> nn.Module:
+    """Build `cls` (LEDForConditionalGeneration or LEDModel) from a HF LED dir or hub id; every tensor must fit."""
+    directory = resolve_checkpoint(path, revision)
+    config_dict = read_config(directory)
+    config = LEDConfig.from_file_dict(config_dict, directory / "config.json", **config_overrides)
     model = from_state_dict(read_state_dict(directory), config, cls)
-    if isinstance(model, LEDForConditionalGeneration):
+    if _is_lm(model):
         model.generation_defaults = read_generation_defaults(directory, config_dict)
     if dtype is not None:
         model.to(dtype)
     return model
 
 
-def from_state_dict(sd: dict[str, torch.Tensor], config: LEDConfig,
-                    cls: type = LEDForConditionalGeneration) -> nn.Module:
+def from_state_dict(sd: dict[str, torch.Tensor], config: LEDConfig, cls: type) -> nn.Module:
     """Build `cls` from HF-named tensors without random init work; raises CheckpointError on mismatch."""
     with torch.device("meta"):
         model = cls(config)  # every tensor comes from the checkpoint
@@ -137,10 +113,10 @@ def from_state_dict(sd: dict[str, torch.Tensor], config: LEDConfig,
 
 def _retie(model: nn.Module) -> None:
     """`assign=True` loading gives each name its own Parameter: share the embedding again."""
-    led = model.led if isinstance(model, LEDForConditionalGeneration) else model
+    led = model.led if _is_lm(model) else model
     led.encoder.embed_tokens = led.shared
     led.decoder.embed_tokens = led.shared
-    if isinstance(model, LEDForConditionalGeneration):
+    if _is_lm(model):
         model.lm_head.weight = led.shared.weight
 
 
@@ -148,29 +124,19 @@ def hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors to save, under transformers' names; a tied embedding once (`led.shared.weight`)."""
     sd = model.state_dict()
     if model.config.tie_word_embeddings:
-        is_lm = isinstance(model, LEDForConditionalGeneration)
+        is_lm = _is_lm(model)
         for k in TIED_KEYS[1:]:
             sd.pop(k if is_lm else k.removeprefix("led."), None)
     return {k: v.detach().contiguous() for k, v in sd.items()}
 
 
-def save_pretrained(model: nn.Module, path: str | os.PathLike, tokenizer_from: str | os.PathLike | None = None) -> Path:
+def save_pretrained(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write config.json, model.safetensors (and generation_config.json when the model has generation
-    defaults) atomically; transformers' LEDForConditionalGeneration.from_pretrained loads the result.
-    `tokenizer_from`: a directory whose tokenizer files are copied along."""
-    from safetensors.torch import save_file
-
+    defaults), each atomically; transformers' LEDForConditionalGeneration.from_pretrained loads the result."""
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save(directory)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model.", suffix=".safetensors.tmp")
-    os.close(fd)
-    try:
-        save_file(hf_state_dict(model), tmp, metadata={"format": "pt"})
-        os.replace(tmp, directory / "model.safetensors")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_safetensors(directory / "model.safetensors", hf_state_dict(model))
     keep = set(GENERATION_KEYS) | set(TOKEN_KEYS) | set(UNSUPPORTED_GENERATION)
     defaults = {k: v for k, v in model.config.extra.items() if k in keep and v is not None}
     defaults.update({k: v for k, v in (getattr(model, "generation_defaults", None) or {}).items()
@@ -180,9 +146,5 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, tokenizer_from: s
         for k in TOKEN_KEYS:
             if defaults.get(k) is None:
                 defaults[k] = getattr(model.config, k)
-        atomic_write_text(directory / "generation_config.json", json.dumps(defaults, indent=2, sort_keys=True) + "\n")
-    if tokenizer_from is not None:
-        from ..convert.files import copy_tokenizer_files  # the encoder conversion's copier (length caps raised)
-
-        copy_tokenizer_files(Path(tokenizer_from), directory, model.config.max_encoder_position_embeddings)
+        atomic_write_json(directory / "generation_config.json", defaults)
     return directory

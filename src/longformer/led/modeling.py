@@ -151,7 +151,7 @@ class LEDModel(nn.Module):
             raise ValueError(
                 f"input_ids has {T} tokens but this LED's encoder position table holds "
                 f"max_encoder_position_embeddings={self.encoder.max_positions}: shorten the input, or make a "
-                f"longer model with `longformer convert` (led.from_bart.bart_to_led(..., max_length=...))"
+                f"longer model with `longformer convert` (longformer.convert.bart_to_led(..., max_length=...))"
             )
         attention_mask = check_mask("attention_mask", attention_mask, B, T, input_ids.device)
         global_mask = check_mask("global_attention_mask", global_attention_mask, B, T, input_ids.device)
@@ -159,6 +159,19 @@ class LEDModel(nn.Module):
             global_mask = first_token_global(attention_mask, B, T, input_ids.device)
         hidden = self.encoder(input_ids, attention_mask, global_mask)
         return EncoderOutput(hidden, attention_mask, global_mask)
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs) -> LEDModel:
+        """Load a Hugging Face LED dir or hub id without its LM head (see hub.py)."""
+        from .hub import from_pretrained
+
+        return from_pretrained(path, cls, **kwargs)
+
+    def save_pretrained(self, path) -> None:
+        """Write config.json + model.safetensors that transformers' LEDModel loads."""
+        from .hub import save_pretrained
+
+        save_pretrained(self, path)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 global_attention_mask: torch.Tensor | None = None, decoder_input_ids: torch.Tensor | None = None,
@@ -230,10 +243,10 @@ class LEDForConditionalGeneration(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> LEDForConditionalGeneration:
-        """Load a Hugging Face LED dir (config.json + model.safetensors or pytorch_model.bin); see hub.py."""
+        """Load a Hugging Face LED dir or hub id (config.json + weights; see hub.py)."""
         from .hub import from_pretrained
 
-        return from_pretrained(path, cls=cls, **kwargs)
+        return from_pretrained(path, cls, **kwargs)
 
     def save_pretrained(self, path) -> None:
         """Write config.json + model.safetensors that transformers' LEDForConditionalGeneration loads."""

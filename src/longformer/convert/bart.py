@@ -6,14 +6,11 @@ positions are repeated out to `max_length` (BART's table starts with 2 rows that
 offset; LED's has none); the decoder keeps its rows, minus the offset. On inputs shorter than BART's
 table with a window covering them, the LED computes exactly what the BART did.
 
-The position tiling is the encoder conversion's `extend_positions` (longformer.convert.weights), shared.
+The position tiling is the encoder conversion's `extend_positions` (convert/weights.py), shared.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,10 +18,11 @@ from typing import Any
 
 import torch
 
-from ..convert.errors import ConversionError
-from ..convert.files import copy_tokenizer_files, load_source_weights
-from ..convert.weights import extend_positions
-from .config import GENERATION_KEYS, LEDConfig
+from .._files import atomic_write_json, build_dir, read_config, read_json, resolve_checkpoint
+from ..led.config import GENERATION_KEYS, LEDConfig
+from .errors import ConversionError
+from .files import check_destination, copy_tokenizer_files, load_source_weights
+from .weights import extend_positions
 
 BART_OFFSET = 2  # transformers' BartLearnedPositionalEmbedding: position p is row p + 2
 RECORD_FILE = "led_conversion.json"
@@ -125,49 +123,41 @@ def bart_to_led(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, max_leng
     Returns:
         the record, also written to ``dst_dir/led_conversion.json``.
     """
-    from .hub import CheckpointError, from_state_dict, save_pretrained
+    from ..led.hub import CheckpointError, from_state_dict, save_pretrained
+    from ..led.modeling import LEDForConditionalGeneration
 
-    src, dst = Path(src_dir), Path(dst_dir)
+    src, dst = resolve_checkpoint(src_dir), Path(dst_dir)
     if not (src / "config.json").is_file():
         raise ConversionError(f"no config.json in {src} (expected a Hugging Face BART checkpoint dir)")
-    bart = json.loads((src / "config.json").read_text())
+    bart = read_config(src)
     layers = int(bart.get("encoder_layers", 12))
     windows = _one_sided(attention_window, window, layers)
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
         raise ConversionError(f"max_length must be a positive int, got {max_length!r}")
-    if dst.exists() and any(dst.iterdir()) and not force:
-        raise ConversionError(f"dst_dir {str(dst)!r} is not empty (pass force=True / --force to replace it)")
+    check_destination(dst, force)
     config = led_config_from_bart(bart, max_length, windows)
     state, _ = load_source_weights(src)
     try:
-        model = from_state_dict(convert_bart_state_dict(state, max_length), config)
+        model = from_state_dict(convert_bart_state_dict(state, max_length), config, LEDForConditionalGeneration)
     except CheckpointError as err:
         raise ConversionError(f"{src}: {err}") from None
     gen_path = src / "generation_config.json"
     keep = set(GENERATION_KEYS) | {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"}
     model.generation_defaults = (
-        {k: v for k, v in json.loads(gen_path.read_text()).items() if k in keep and v is not None}
-        if gen_path.is_file() else {}
+        {k: v for k, v in read_json(gen_path).items() if k in keep and v is not None} if gen_path.is_file() else {}
     )
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
+    def build(tmp: Path) -> LEDConversionRecord:
         save_pretrained(model, tmp)
         record = LEDConversionRecord(
             source=str(src.resolve()), source_positions=int(bart.get("max_position_embeddings", 1024)),
             max_length=max_length, window=windows, tokenizer_files=copy_tokenizer_files(src, tmp, max_length),
             generation_defaults=model.generation_defaults or dict(config.extra),
         )
-        (tmp / RECORD_FILE).write_text(json.dumps(asdict(record), indent=2) + "\n")
-        os.chmod(tmp, 0o755)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return record
+        atomic_write_json(tmp / RECORD_FILE, asdict(record))
+        return record
+
+    return build_dir(dst, build)
 
 
 def _one_sided(attention_window: int | Sequence[int] | None, window: int | Sequence[int] | None,

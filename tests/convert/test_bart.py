@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from longformer.convert.errors import ConversionError
-from longformer.led.from_bart import bart_to_led
-from longformer.led.hub import from_pretrained
+from longformer.convert import bart_to_led
+from longformer.led import from_pretrained
 
 
 def hf_bart(seed=0, **overrides):
