@@ -199,7 +199,7 @@ def _build(spec: dict):
         return _local_attention(q, k, v, w, causal, n_glob, dilated)
     if impl == "flex":
         return _flex(q, k, v, w, causal, n_glob, dilated)
-    from longformer import sliding_window_attention
+    from longformer.attention import sliding_window_attention
 
     glob = torch.zeros(B, T, dtype=torch.bool)
     glob[:, :n_glob] = True
