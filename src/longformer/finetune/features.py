@@ -13,26 +13,10 @@ from typing import Any
 
 import torch
 
+from ..encoder.tokenizer import load_tokenizer  # noqa: F401 -- the one tokenizer loader, used by the tasks
 from .data import ClassificationExample, DataError, TokenExample
 
 IGNORE = -100  # target value the losses skip (padding, sub-word continuations)
-
-
-def load_tokenizer(model_dir: str | Path) -> Any:
-    """The ``tokenizers.Tokenizer`` saved beside the model, with its own truncation/padding OFF.
-
-    Saved tokenizers often carry ``truncation`` (MiniLM's says 128 tokens) and ``padding``;
-    leaving them on would cut every document silently, so lengths are handled here instead.
-    """
-    from tokenizers import Tokenizer
-
-    path = Path(model_dir) / "tokenizer.json"
-    if not path.is_file():
-        raise DataError(f"no tokenizer.json in {model_dir}; the model dir must hold the tokenizer it was trained with")
-    tok = Tokenizer.from_file(str(path))
-    tok.no_truncation()
-    tok.no_padding()
-    return tok
 
 
 def pad_id(tokenizer: Any) -> int:
