@@ -234,50 +234,16 @@ def test_stale_temps_of_dead_writers_are_cleaned(tmp_path):
 
 # --- hub ids ---------------------------------------------------------------------------------------
 
-def make_hub_cache(cache, repo: str, files: dict[str, bytes], revision: str = "main",
-                   commit: str = "0123456789abcdef0123456789abcdef01234567"):
-    """The layout huggingface_hub keeps: blobs, a snapshot of symlinks per commit, refs per branch."""
-    import hashlib
-
-    root = cache / ("models--" + repo.replace("/", "--"))
-    (root / "refs").mkdir(parents=True, exist_ok=True)
-    (root / "refs" / revision).write_text(commit)
-    snapshot = root / "snapshots" / commit
-    for name, data in files.items():
-        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = snapshot / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    return snapshot
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    pytest.importorskip("huggingface_hub")
-    cache = tmp_path / "hf" / "hub"
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache
-
-
-def dir_files(directory) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
-
-
 def test_hub_id_resolves_from_the_offline_cache(offline_hub, saved_encoder, monkeypatch, tmp_path):
     from longformer.encoder import LongformerModel
 
-    snapshot = make_hub_cache(offline_hub, "acme/tiny-longformer", dir_files(saved_encoder))
+    snapshot = offline_hub("acme/tiny-longformer", saved_encoder)
     assert _files.resolve_checkpoint("acme/tiny-longformer") == snapshot
     ours = LongformerModel.from_pretrained(saved_encoder)
     loaded = LongformerModel.from_pretrained("acme/tiny-longformer")
     assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), loaded.state_dict().values()))
     # revisions: a branch name, and org/name@revision
-    other = make_hub_cache(offline_hub, "acme/tiny-longformer", dir_files(saved_encoder), revision="v2",
-                           commit="f" * 40)
+    other = offline_hub("acme/tiny-longformer", saved_encoder, revision="v2", commit="f" * 40)
     assert _files.resolve_checkpoint("acme/tiny-longformer", revision="v2") == other
     assert _files.resolve_checkpoint("acme/tiny-longformer@v2") == other
     # a local directory of the same spelling wins over the id
@@ -296,8 +262,7 @@ def test_hub_id_not_cached_offline_says_how_to_get_it(offline_hub, capsys, tmp_p
 
 
 def test_hub_cache_without_weights_is_an_error(offline_hub, saved_encoder):
-    files = {k: v for k, v in dir_files(saved_encoder).items() if k == "config.json"}
-    make_hub_cache(offline_hub, "acme/config-only", files)
+    offline_hub("acme/config-only", saved_encoder, only=("config.json",))
     with pytest.raises(CheckpointFileError, match="has no weight files .*only part of it is cached"):
         _files.resolve_checkpoint("acme/config-only")
     assert _files.resolve_checkpoint("acme/config-only", weights=False).name == "0123456789abcdef0123456789abcdef01234567"

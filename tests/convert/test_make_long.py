@@ -209,3 +209,14 @@ def test_unknown_head_is_refused_or_dropped_on_request(tmp_path: Path):
         make_long(src, tmp_path / "out", max_length=100, window=8)
     record = make_long(src, tmp_path / "out", max_length=100, window=8, drop_unknown=True)
     assert {"classifier.weight", "classifier.bias"} <= set(record.dropped_keys)
+
+
+def test_convert_a_hub_id_from_the_offline_cache(tmp_path: Path, offline_hub, capsys):
+    src = _random_roberta(tmp_path, 3, with_lm_head=True)
+    offline_hub("acme/roberta-tiny", src)
+    assert cli_main(["convert", "acme/roberta-tiny", str(tmp_path / "by-id"), "--max-length", "128"]) == 0
+    make_long(src, tmp_path / "local", max_length=128)
+    by_id, local = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("by-id", "local"))
+    assert sorted(by_id) == sorted(local) and all(torch.equal(by_id[k], local[k]) for k in local)
+    assert cli_main(["convert", "acme/roberta-absent", str(tmp_path / "x")]) == 2
+    assert "acme/roberta-absent is not in the Hugging Face cache" in capsys.readouterr().err

@@ -41,3 +41,11 @@ def test_byte_level_bpe_from_vocab_and_merges_matches_transformers(tmp_path):
 def test_no_tokenizer_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         load_tokenizer(tmp_path)
+
+
+def test_hub_id_fetches_only_the_tokenizer_files(minilm_dir, offline_hub):
+    # a cache holding config and tokenizer but no weights is enough for the tokenizer
+    offline_hub("sentence-transformers/all-MiniLM-L6-v2", minilm_dir,
+                only=("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"))
+    by_id = load_tokenizer("sentence-transformers/all-MiniLM-L6-v2")
+    assert by_id.encode(TEXT).ids == load_tokenizer(minilm_dir).encode(TEXT).ids

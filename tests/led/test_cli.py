@@ -84,3 +84,11 @@ def test_errors(model_dir, tmp_path, capsys):
     assert run(["--model", str(model_dir), "--jsonl", str(long_doc)]) == 2
     assert run(["--model", str(model_dir), str(tmp_path / "nope.txt")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_model_by_hub_id(model_dir, tmp_path, capsys, offline_hub):
+    offline_hub("acme/tiny-led", model_dir)
+    doc = tmp_path / "doc.txt"
+    doc.write_text(" ".join(WORDS[:12]))
+    assert run(["--model", "acme/tiny-led", str(doc), "--max-new-tokens", "4"]) == 0
+    assert f"== {doc} ==\n{expected(model_dir, [doc.read_text()], max_new_tokens=4)[0]}\n" in capsys.readouterr().out

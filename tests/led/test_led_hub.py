@@ -90,3 +90,14 @@ def test_missing_files_and_wrong_model_type(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
     with pytest.raises(ValueError, match="unsupported model_type 't5'"):
         from_pretrained(tmp_path)
+
+
+def test_hub_id_loads_both_classes_from_the_offline_cache(tmp_path, offline_hub):
+    hf_led().save_pretrained(tmp_path / "hf")
+    offline_hub("acme/led-tiny", tmp_path / "hf")
+    local = from_pretrained(tmp_path / "hf")
+    by_id = from_pretrained("acme/led-tiny")
+    assert (_logits(by_id, False) - _logits(local, False)).abs().max() == 0
+    assert isinstance(LEDModel.from_pretrained("acme/led-tiny"), LEDModel)
+    with pytest.raises(CheckpointFileError, match="acme/led-absent is not in the Hugging Face cache"):
+        LEDForConditionalGeneration.from_pretrained("acme/led-absent")
