@@ -72,7 +72,10 @@ def graph() -> dict[str, set[str]]:
 
 
 def part(module: str) -> str:
+    """The top-level part a module belongs to; any `__main__` is an entry point, at the top."""
     pieces = module.split(".")
+    if pieces[-1] == "__main__":
+        return "__main__"
     return pieces[1] if len(pieces) > 1 else "__init__"
 
 
