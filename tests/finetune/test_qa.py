@@ -68,7 +68,7 @@ def test_extract_answers_picks_best_valid_span() -> None:
 
 
 def _exact_match(model_dir: Path, examples: list[QAExample], model: torch.nn.Module) -> float:
-    from longformer.finetune.distributed import DistContext
+    from longformer.training.distributed import DistContext
     from longformer.finetune.metrics import squad_metrics
     from longformer.finetune.predict import infer
 

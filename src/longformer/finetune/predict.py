@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .data import load_examples
-from .distributed import DistContext, all_gather_objects
+from ..training.distributed import DistContext, all_gather_objects
 from .features import bucketed_batches, collate, load_tokenizer, pad_id
 from .tasks import build_features, check_labels, decode, model_class, outputs_to_numpy, read_finetune_info, score
 

@@ -24,7 +24,7 @@ import torch
 from . import hyperpartisan as hp
 from .checkpoint import load_state, save_model_dir, write_json
 from .data import ClassificationExample, DataError, load_examples
-from .distributed import DistContext, all_reduce_max, barrier, init_distributed, shutdown
+from ..training.distributed import DistContext, all_reduce_max, barrier, init_distributed, shutdown
 from .features import bucketed_batches, collate, load_tokenizer, pad_id
 from .predict import autocast, infer, model_inputs
 from .tasks import build_features, check_labels, decode, label_list, loss_sum, model_class, score, selection_metric
