@@ -84,6 +84,8 @@ def _is_fingerprint(value: Any) -> bool:
 def _show(value: Any) -> str:
     if _is_fingerprint(value):
         return f"{value['path']} ({value['bytes']} bytes, sha256 {value['sha256'][:12]})"
+    if value is None:
+        return "(none)"
     if isinstance(value, str):
         return value
     if isinstance(value, float):
@@ -224,8 +226,9 @@ class RunDir:
             else:
                 extended = True
         if problems:
-            raise ResumeError(f"--resume: the run in {self.out} was started with other arguments; resume it with the "
-                              "same ones (or start a new --out):\n  " + "\n  ".join(problems))
+            # one line (the CLI prints errors as one line): the differences separated by "; "
+            raise ResumeError(f"--resume: the run in {self.out} was started with other arguments ("
+                              + "; ".join(problems) + "); resume it with the same ones, or start a new --out")
         state = read_torch(self.last / STATE_FILE, "training state")
         return Resumed(self.last, run, state, extended, finished=bool(run.get("finished")) and not extended)
 
