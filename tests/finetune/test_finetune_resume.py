@@ -36,7 +36,18 @@ def _weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(str(directory / "model.safetensors"))
 
 
-def test_changed_arguments_finished_runs_and_extend(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+def test_changed_arguments_finished_runs_and_extend(tiny_model_dir: Path, tmp_path: Path, capsys,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from longformer.training.optim import LRSchedule
+
+    rates: dict[int, float] = {}
+    real_set = LRSchedule.set
+
+    def record(self, step: int) -> float:  # noqa: ANN001
+        rates[step] = real_set(self, step)
+        return rates[step]
+
+    monkeypatch.setattr(LRSchedule, "set", record)
     train, dev = _files(tmp_path)
     out = tmp_path / "out"
     assert main(_args(tiny_model_dir, train, dev, out)) == 0
@@ -54,7 +65,10 @@ def test_changed_arguments_finished_runs_and_extend(tiny_model_dir: Path, tmp_pa
     assert "already finished at step 2; pass --extend with more --epochs" in capsys.readouterr().err
     assert json.loads((out / "metrics.json").read_text()) == first  # nothing was retrained
 
+    assert rates == pytest.approx({0: 3e-3, 1: 1.5e-3})  # warmup int(0.1 * 2) = 0, decay to 0 at step 2
     assert main(_args(tiny_model_dir, train, dev, out, "--resume", "--extend", "--epochs", "2")) == 0
+    # the steps still to run follow the schedule of the new total (4 steps): 3e-3 * (4 - s) / 4
+    assert rates == pytest.approx({0: 3e-3, 1: 1.5e-3, 2: 1.5e-3, 3: 0.75e-3})
     extended = json.loads((out / "metrics.json").read_text())
     assert extended["steps"] == 4 and extended["epochs_run"] == 2
     assert extended["history"][0] == first["history"][0]  # the first epoch is the run's own
