@@ -67,7 +67,8 @@ class Classification:
     def head_overrides(self, labels: list[str]) -> dict[str, Any]:
         return {"num_labels": len(labels)}
 
-    def features(self, tokenizer, examples, label_to_id, *, max_length, truncate, doc_stride, name):  # noqa: ANN001, ANN201, ARG002
+    def features(self, tokenizer: Any, examples: list[Any], label_to_id: dict[str, int] | None, *, max_length: int,
+                 truncate: bool, doc_stride: int, name: str) -> tuple[list[dict[str, Any]], LengthReport]:
         return classification_features(tokenizer, examples, label_to_id, max_length, truncate, name)
 
     def units(self, feat: dict[str, Any]) -> int:
@@ -80,7 +81,8 @@ class Classification:
         logits = out.logits.float().cpu().numpy()  # (B, C)
         return [{"logits": logits[b]} for b in range(len(n_tokens))]
 
-    def decode(self, examples, feats, outputs, labels):  # noqa: ANN001, ANN201, ARG002
+    def decode(self, examples: list[Any], feats: list[dict[str, Any]], outputs: list[dict[str, np.ndarray]],
+               labels: list[str]) -> list[Any]:
         return [labels[int(np.argmax(o["logits"]))] for o in outputs]
 
     def score(self, examples: list[Any], preds: list[Any], labels: list[str]) -> dict[str, float]:
@@ -112,7 +114,8 @@ class QuestionAnswering:
     def head_overrides(self, labels: list[str]) -> dict[str, Any]:
         return {}
 
-    def features(self, tokenizer, examples, label_to_id, *, max_length, truncate, doc_stride, name):  # noqa: ANN001, ANN201, ARG002
+    def features(self, tokenizer: Any, examples: list[Any], label_to_id: dict[str, int] | None, *, max_length: int,
+                 truncate: bool, doc_stride: int, name: str) -> tuple[list[dict[str, Any]], LengthReport]:
         feats = qa_features(tokenizer, examples, max_length, doc_stride, with_targets=label_to_id is not None)
         return feats, LengthReport(name, max_length)  # QA never truncates: long contexts become windows
 
@@ -128,7 +131,8 @@ class QuestionAnswering:
         s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()  # (B, T) each
         return [{"start": s[b, :n], "end": e[b, :n]} for b, n in enumerate(n_tokens)]
 
-    def decode(self, examples, feats, outputs, labels):  # noqa: ANN001, ANN201, ARG002
+    def decode(self, examples: list[Any], feats: list[dict[str, Any]], outputs: list[dict[str, np.ndarray]],
+               labels: list[str]) -> list[Any]:
         return extract_answers(examples, feats, [o["start"] for o in outputs], [o["end"] for o in outputs])
 
     def score(self, examples: list[Any], preds: list[Any], labels: list[str]) -> dict[str, float]:
@@ -159,7 +163,8 @@ class TokenClassification:
     def head_overrides(self, labels: list[str]) -> dict[str, Any]:
         return {"num_labels": len(labels)}
 
-    def features(self, tokenizer, examples, label_to_id, *, max_length, truncate, doc_stride, name):  # noqa: ANN001, ANN201, ARG002
+    def features(self, tokenizer: Any, examples: list[Any], label_to_id: dict[str, int] | None, *, max_length: int,
+                 truncate: bool, doc_stride: int, name: str) -> tuple[list[dict[str, Any]], LengthReport]:
         return token_features(tokenizer, examples, label_to_id, max_length, truncate, name)
 
     def units(self, feat: dict[str, Any]) -> int:
@@ -174,7 +179,8 @@ class TokenClassification:
         logits = out.logits.float().cpu().numpy()  # (B, T, C)
         return [{"logits": logits[b, :n]} for b, n in enumerate(n_tokens)]
 
-    def decode(self, examples, feats, outputs, labels):  # noqa: ANN001, ANN201
+    def decode(self, examples: list[Any], feats: list[dict[str, Any]], outputs: list[dict[str, np.ndarray]],
+               labels: list[str]) -> list[Any]:
         preds = []
         for ex, feat, o in zip(examples, feats, outputs):
             tags = ["O" if "O" in labels else labels[0]] * len(ex.tokens)  # words cut by --truncate

@@ -19,11 +19,10 @@ from .distributed import (DistContext, all_gather_objects, all_reduce_max, any_r
                           init_distributed, shutdown)
 from .optim import LRSchedule, adamw, linear_warmup_decay
 from .run import (LAST, RUN_FILE, STATE_FILE, Resumed, RunDir, RunExistsError, RunFinished, RunSpec, StopFlag,
-                  differences, fingerprint, shared)
+                  differences, fingerprint)
 
 __all__ = [
     "DistContext", "all_gather_objects", "all_reduce_max", "any_rank", "barrier", "broadcast_object",
     "init_distributed", "shutdown", "LRSchedule", "adamw", "linear_warmup_decay", "LAST", "RUN_FILE", "STATE_FILE",
     "Resumed", "RunDir", "RunExistsError", "RunFinished", "RunSpec", "StopFlag", "differences", "fingerprint",
-    "shared",
 ]

@@ -34,7 +34,7 @@ from typing import Any
 
 from .._files import atomic_write_json, clean_stale_temps, read_json, read_torch, recover_dir, replace_dir, staging_dir
 from ..errors import LongformerError, ResumeError
-from .distributed import DistContext, barrier, broadcast_object
+from .distributed import DistContext, barrier
 
 LAST, RUN_FILE, STATE_FILE = "last", "run.json", "trainer_state.pt"
 FORMAT = 1  # version of run.json
@@ -258,11 +258,6 @@ class RunDir:
         """An output file of the run (metrics.json, ...), written atomically by rank 0."""
         if self.ctx.is_main:
             atomic_write_json(self.out / name, data)
-
-
-def shared(ctx: DistContext, value: Any) -> Any:
-    """Rank 0's ``value`` on every rank (decisions that must agree, such as a fingerprint)."""
-    return broadcast_object(ctx, value)
 
 
 class StopFlag:
