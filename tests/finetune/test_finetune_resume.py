@@ -72,6 +72,11 @@ def test_changed_arguments_finished_runs_and_extend(tiny_model_dir: Path, tmp_pa
     extended = json.loads((out / "metrics.json").read_text())
     assert extended["steps"] == 4 and extended["epochs_run"] == 2
     assert extended["history"][0] == first["history"][0]  # the first epoch is the run's own
+    # killed after the last save but before metrics.json: the resume only writes the report
+    (out / "metrics.json").unlink()
+    assert main(_args(tiny_model_dir, train, dev, out, "--resume", "--epochs", "2")) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["history"] == extended["history"] and again["steps"] == 4 and again.get("test") == extended.get("test")
 
 
 def test_killed_run_resumes_from_last_old(tiny_model_dir: Path, tmp_path: Path,
