@@ -150,3 +150,18 @@ def test_adamw_split_and_schedule() -> None:
         ref.step()
         lam.step()
     assert rates == expected
+
+
+def test_user_errors_are_reported_by_rank_0_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from longformer.errors import LongformerError
+    from longformer.training import report_on_rank0
+
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as exit_info, report_on_rank0():
+        raise LongformerError("bad --lr")
+    assert exit_info.value.code == 2
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(LongformerError, match="bad --lr"), report_on_rank0():
+        raise LongformerError("bad --lr")
+    with pytest.raises(KeyError), report_on_rank0():  # bugs keep their traceback on every rank
+        raise KeyError("x")

@@ -98,7 +98,7 @@ def register(subparsers: Any) -> None:
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
-    from ..training import RunFinished
+    from ..training import RunFinished, report_on_rank0
     from .data import DataError
     from .train import FinetuneConfig, finetune
 
@@ -115,7 +115,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
         eval_batch_size=args.eval_batch_size, device=args.device, progress=not args.no_progress)
     _check_values(cfg)
     try:
-        finetune(cfg)
+        with report_on_rank0():
+            finetune(cfg)
     except RunFinished as done:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank knows it: say it once
             print(f"longformer finetune: {done}", file=sys.stderr)

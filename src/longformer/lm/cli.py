@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -73,7 +74,7 @@ def _vocab_for(data_vocab: str | None, requested: str | None) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..training import RunFinished
+    from ..training import RunFinished, report_on_rank0
     from .config import LMError, full_attention, get_preset
     from .data import resolve_data
     from .train import RunOptions, train
@@ -99,9 +100,11 @@ def run_train(args: argparse.Namespace) -> int:
                       steps=args.steps, preset_name=args.preset, stop_at=args.stop_at,
                       progress=not args.no_progress, device=args.device)
     try:
-        row = train(preset, opts)
+        with report_on_rank0():
+            row = train(preset, opts)
     except RunFinished as done:
-        print(f"longformer train-lm: {done}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank knows it: say it once
+            print(f"longformer train-lm: {done}", file=sys.stderr)
         return 0
     if row:
         print(f"done: step {row['step']}, valid bpc {row['val_bpc']}; run directory {args.out}", file=sys.stderr)

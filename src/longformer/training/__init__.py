@@ -16,13 +16,13 @@ never the models or the loops. A loop reads as setup / step / evaluate / save::
     shutdown(ctx)
 """
 from .distributed import (DistContext, all_gather_objects, all_reduce_max, any_rank, barrier, broadcast_object,
-                          init_distributed, shutdown)
+                          init_distributed, report_on_rank0, shutdown)
 from .optim import LRSchedule, adamw, linear_warmup_decay
 from .run import (LAST, RUN_FILE, STATE_FILE, Resumed, RunDir, RunExistsError, RunFinished, RunSpec, StopFlag,
                   differences, fingerprint)
 
 __all__ = [
     "DistContext", "all_gather_objects", "all_reduce_max", "any_rank", "barrier", "broadcast_object",
-    "init_distributed", "shutdown", "LRSchedule", "adamw", "linear_warmup_decay", "LAST", "RUN_FILE", "STATE_FILE",
+    "init_distributed", "report_on_rank0", "shutdown", "LRSchedule", "adamw", "linear_warmup_decay", "LAST", "RUN_FILE", "STATE_FILE",
     "Resumed", "RunDir", "RunExistsError", "RunFinished", "RunSpec", "StopFlag", "differences", "fingerprint",
 ]

@@ -4,12 +4,16 @@ With one process every helper degrades to a no-op, so a training loop has a sing
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from ..errors import LongformerError
 
 
 @dataclass
@@ -95,3 +99,15 @@ def shutdown(ctx: DistContext) -> None:
     """End the process group if `init_distributed` started it (a caller's own group is left alone)."""
     if ctx.owned and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def report_on_rank0() -> Iterator[None]:
+    """Under ``torchrun`` every rank meets the same user error: rank 0 lets it through (the CLI
+    prints it as one line), the other ranks exit with status 2 without printing it again."""
+    try:
+        yield
+    except LongformerError:
+        if int(os.environ.get("RANK", "0")) != 0:
+            raise SystemExit(2) from None
+        raise
