@@ -135,6 +135,12 @@ def test_cli_mistakes_are_one_error_line(tiny_model_dir: Path, tmp_path: Path, c
     assert main(_args(tmp_path / "no-model", train, dev, tmp_path / "o6")) == 2
     assert "no-model" in _one_error_line(capsys, "finetune")
 
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"hidden_size": 32,')
+    assert main(_args(broken, train, dev, tmp_path / "o7")) == 2
+    assert "config.json is not valid JSON" in _one_error_line(capsys, "finetune")
+
     state = out / "last" / "trainer_state.pt"
     state.write_bytes(state.read_bytes()[:100])
     assert main(_args(tiny_model_dir, train, dev, out, "--max-steps", "1", "--resume")) == 2

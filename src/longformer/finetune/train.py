@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from .._files import recover_dir, resolve_checkpoint
+from .._files import read_config, recover_dir, resolve_checkpoint
+from ..errors import LongformerError
 from ..training import (DistContext, LRSchedule, RunDir, RunSpec, adamw, all_gather_objects, all_reduce_max, barrier,
                         fingerprint, init_distributed, linear_warmup_decay, shutdown)
 from . import hyperpartisan as hp
@@ -106,10 +107,15 @@ def _model_facts(model_dir: Path) -> tuple[int, bool]:
     """(longest input the model takes, whether it has more than one token type)."""
     from longformer.encoder.config import LongformerConfig
 
-    path = model_dir / "config.json"
-    if not path.is_file():
+    if not (model_dir / "config.json").is_file():
         raise DataError(f"--model {model_dir}: no config.json; pass a Longformer model dir (longformer convert)")
-    config = LongformerConfig.from_json(path)
+    raw = read_config(model_dir)  # a malformed file is an error naming it
+    try:
+        config = LongformerConfig.from_dict(raw)
+    except LongformerError:
+        raise
+    except (ValueError, TypeError, KeyError) as err:
+        raise DataError(f"--model {model_dir}: config.json cannot be used ({err})") from None
     return config.max_length, config.type_vocab_size > 1
 
 
