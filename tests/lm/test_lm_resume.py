@@ -159,3 +159,31 @@ def test_old_layout_is_read_but_not_resumed(text_file: Path, tmp_path: Path, pre
     assert "already holds a run (checkpoint.pt)" in _one_error_line(capsys, "train-lm")
     assert main(_cli(text_file, out, "--steps", "2", "--resume")) == 2
     assert "older layout" in _one_error_line(capsys, "train-lm")
+
+
+@pytest.mark.slow
+def test_torchrun_stop_and_resume_equals_straight(text_file: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "run_ddp.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from pathlib import Path\n"
+        "from lm_helpers import micro_preset\n"
+        "from longformer.lm.train import RunOptions, train\n"
+        "out, stop_at, resume = sys.argv[1], int(sys.argv[2]), sys.argv[3] == '1'\n"
+        f"train(micro_preset(steps=6), RunOptions(data=Path({str(text_file)!r}), out=Path(out), vocab='bytes',\n"
+        "      progress=False, stop_at=stop_at or None, resume=resume))\n")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for out, stop_at, resume in (("straight", 0, 0), ("cut", 3, 0), ("cut", 0, 1)):
+        subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", str(script),
+                        str(tmp_path / out), str(stop_at), str(resume)], check=True, timeout=300, env=env)
+    a, b = load_state(tmp_path / "straight"), load_state(tmp_path / "cut")
+    assert a["step"] == b["step"] == 6 and len(b["data_rng"]) == 2
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    with pytest.raises(Exception, match="processes: 2 -> 1"):  # every process continues its own data stream
+        train(micro_preset(steps=8), _opts(text_file, tmp_path / "cut", resume=True, extend=True, steps=8))
