@@ -68,13 +68,14 @@ def test_extract_answers_picks_best_valid_span() -> None:
 
 
 def _exact_match(model_dir: Path, examples: list[QAExample], model: torch.nn.Module) -> float:
-    from longformer.finetune.distributed import DistContext
     from longformer.finetune.metrics import squad_metrics
     from longformer.finetune.predict import infer
+    from longformer.finetune.tasks import get_task
+    from longformer.training.distributed import DistContext
 
     tok = load_tokenizer(model_dir)
     feats = qa_features(tok, examples, max_length=48, doc_stride=16, with_targets=False)
-    out = infer(model, "qa", feats, batch_size=8, pad=0, use_token_types=True, ctx=DistContext(), bf16=False)
+    out = infer(model, get_task("qa"), feats, batch_size=8, pad=0, use_token_types=True, ctx=DistContext(), bf16=False)
     preds = extract_answers(examples, feats, [o["start"] for o in out], [o["end"] for o in out])
     return squad_metrics([[a["text"] for a in ex.answers] for ex in examples], preds)["exact_match"]
 

@@ -82,7 +82,7 @@ def test_cli_train_eval_generate(text_file: Path, tmp_path: Path, monkeypatch, c
     assert main(["train-lm", "--data", str(text_file), "--preset", "micro-test", "--out", str(out),
                  "--steps", "6", "--attn-impl", "reference", "--no-progress"]) == 0
     assert load_state(out)["step"] == 6
-    assert json.loads((out / "config.json").read_text())["model"]["n_layer"] == 2
+    assert json.loads((out / "last" / "config.json").read_text())["model"]["n_layer"] == 2
     capsys.readouterr()
     assert main(["eval-lm", "--checkpoint", str(out), "--data", str(text_file), "--split", "test",
                  "--seq-len", "64", "--stride", "16", "--json"]) == 0

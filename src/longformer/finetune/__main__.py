@@ -1,17 +1,13 @@
-"""`python -m longformer.finetune {finetune,predict,export-hyperpartisan} ...`: this package's commands alone
-(the same parsers `longformer` registers), e.g. for `torchrun -m longformer.finetune finetune ...`."""
+"""`python -m longformer.finetune {finetune,predict,export-hyperpartisan,finetune-summary} ...`, e.g. for
+`torchrun -m longformer.finetune finetune ...`: the same commands as `longformer COMMAND`, run through
+the one command-line entry point (so errors print as one `error:` line with exit code 2 there too)."""
 from __future__ import annotations
-
-import argparse
-
-from .cli import register
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m longformer.finetune")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    from longformer.cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

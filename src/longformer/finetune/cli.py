@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
-TASKS = ("classification", "qa", "token-classification")
 SPLITS = ("leak-free", "paper", "stratified")
 
 
@@ -23,8 +23,11 @@ def register(subparsers: Any) -> None:
         description="Fine-tune a Longformer model dir on jsonl/csv files or the Hyperpartisan XML. "
                     "Runs under `torchrun --nproc_per_node N -m longformer finetune ...` as DDP. "
                     "Writes OUT/best (checkpoint), OUT/last (for --resume) and OUT/metrics.json.")
-    p.add_argument("--task", choices=TASKS, required=True)
-    p.add_argument("--model", required=True, help="Longformer model dir (config.json, weights, tokenizer.json)")
+    # --epochs / --max-steps: a resumed run may only grow them, with --extend; the rate schedule
+    # (warmup, decay to 0 at the last step) is then recomputed for the new total.
+    p.add_argument("--task", required=True, help="classification, qa or token-classification (the registered tasks)")
+    p.add_argument("--model", required=True,
+                   help="Longformer model dir (config.json, weights, tokenizer.json) or a hub id")
     p.add_argument("--train", help="training file: .jsonl/.json/.csv (see docs/finetune.md for the columns)")
     p.add_argument("--validation", help="validation file, evaluated after every epoch to pick the best checkpoint")
     p.add_argument("--test", help="optional test file, evaluated once with the best checkpoint")
@@ -54,7 +57,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--patience", type=_positive_int, help="stop after this many epochs without improvement")
     p.add_argument("--metric", help="validation metric that picks the best checkpoint (default: f1 / entity_f1)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from OUT/last")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from OUT/last; every option that changes the result must be the "
+                        "one the run was started with (the differences are listed otherwise)")
+    p.add_argument("--extend", action="store_true",
+                   help="with --resume: train a run further, to more --epochs or a larger --max-steps; the warmup and "
+                        "the linear decay are recomputed for the new total (steps already run keep their rates)")
     p.add_argument("--save-every", type=_positive_int, help="also save OUT/last every N steps (for --resume)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -63,7 +71,7 @@ def register(subparsers: Any) -> None:
     q = subparsers.add_parser("predict", help="write predictions of a fine-tuned checkpoint for a file",
                               description="Predict with a checkpoint written by `longformer finetune` (OUT/best). "
                                           "Writes one JSON line per example; metrics too when the file has labels.")
-    q.add_argument("--model", required=True)
+    q.add_argument("--model", required=True, help="a best/ dir written by `longformer finetune`, or a hub id")
     q.add_argument("--input", required=True)
     q.add_argument("--output", required=True)
     q.add_argument("--batch-size", type=_positive_int, default=8)
@@ -89,18 +97,13 @@ def register(subparsers: Any) -> None:
     s.set_defaults(func=_run_summary)
 
 
-def _fail(err: Exception) -> int:
-    import os
-
-    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
-        print(f"error: {err}", file=sys.stderr)
-    return 2
-
-
 def _run_finetune(args: argparse.Namespace) -> int:
+    from ..training import RunFinished, report_on_rank0
     from .data import DataError
     from .train import FinetuneConfig, finetune
 
+    if args.extend and not args.resume:
+        raise DataError("--extend continues an existing run: pass it with --resume (and more --epochs or --max-steps)")
     cfg = FinetuneConfig(
         task=args.task, model=args.model, out=args.out, train=args.train, validation=args.validation,
         test=args.test, hyperpartisan=args.hyperpartisan, split=args.split, split_seed=args.split_seed,
@@ -108,24 +111,42 @@ def _run_finetune(args: argparse.Namespace) -> int:
         max_length=args.max_length, truncate=args.truncate, doc_stride=args.doc_stride, lr=args.lr,
         weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm,
         gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16, patience=args.patience,
-        metric=args.metric, seed=args.seed, resume=args.resume, save_every=args.save_every,
+        metric=args.metric, seed=args.seed, resume=args.resume, extend=args.extend, save_every=args.save_every,
         eval_batch_size=args.eval_batch_size, device=args.device, progress=not args.no_progress)
+    _check_values(cfg)
     try:
-        finetune(cfg)
-    except (DataError, FileNotFoundError) as err:
-        return _fail(err)
+        with report_on_rank0():
+            finetune(cfg)
+    except RunFinished as done:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank knows it: say it once
+            print(f"longformer finetune: {done}", file=sys.stderr)
     return 0
 
 
-def _run_predict(args: argparse.Namespace) -> int:
+def _check_values(cfg: Any) -> None:
+    """Option values no run can use (argparse checks the types, not these ranges)."""
     from .data import DataError
+
+    problems = []
+    if not cfg.lr > 0:
+        problems.append(f"--lr must be > 0, got {cfg.lr}")
+    if cfg.weight_decay < 0:
+        problems.append(f"--weight-decay must be >= 0, got {cfg.weight_decay}")
+    if not 0 <= cfg.warmup_ratio < 1:
+        problems.append(f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    if cfg.max_grad_norm < 0:
+        problems.append(f"--max-grad-norm must be >= 0 (0 = no clipping), got {cfg.max_grad_norm}")
+    if cfg.doc_stride < 0:
+        problems.append(f"--doc-stride must be >= 0, got {cfg.doc_stride}")
+    if problems:
+        raise DataError("; ".join(problems))
+
+
+def _run_predict(args: argparse.Namespace) -> int:
     from .predict import predict_file
 
-    try:
-        metrics = predict_file(args.model, args.input, args.output, batch_size=args.batch_size,
-                               truncate=args.truncate, bf16=args.bf16, device=args.device)
-    except (DataError, FileNotFoundError) as err:
-        return _fail(err)
+    metrics = predict_file(args.model, args.input, args.output, batch_size=args.batch_size,
+                           truncate=args.truncate, bf16=args.bf16, device=args.device)
     print(f"predictions written to {args.output}", file=sys.stderr)
     if metrics is not None:
         print(json.dumps(metrics))
@@ -133,14 +154,10 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .data import DataError
     from .hyperpartisan import export_jsonl, load_splits, split_report
 
-    try:
-        paths = export_jsonl(args.directory, args.out, args.split, args.split_seed)
-        report = split_report(load_splits(args.directory, args.split, args.split_seed))
-    except DataError as err:
-        return _fail(err)
+    paths = export_jsonl(args.directory, args.out, args.split, args.split_seed)
+    report = split_report(load_splits(args.directory, args.split, args.split_seed))
     for name, path in paths.items():
         print(f"{path}: {report[name]}", file=sys.stderr)
     print(json.dumps({"split": args.split, **report}))

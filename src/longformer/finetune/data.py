@@ -13,9 +13,6 @@ from typing import Any
 
 from ..errors import LongformerError
 
-TASKS = ("classification", "qa", "token-classification")
-
-
 class DataError(LongformerError, ValueError):
     """A data file that cannot be used as given; the message says what to do."""
 
@@ -202,14 +199,3 @@ def load_token_classification(path: str | Path, *, require_tags: bool = True) ->
             raise DataError(f"{path} row {number}: {len(tokens)} tokens but {len(tags)} tags; they must match")
         out.append(TokenExample(tokens, tags, str(row.get("id", number - 1))))
     return out
-
-
-def load_examples(task: str, path: str | Path, *, require_labels: bool = True) -> list[Any]:
-    """Dispatch on ``task`` (one of ``TASKS``)."""
-    if task == "classification":
-        return load_classification(path, require_label=require_labels)
-    if task == "qa":
-        return load_qa(path, require_answers=require_labels)
-    if task == "token-classification":
-        return load_token_classification(path, require_tags=require_labels)
-    raise ValueError(f"task must be one of {TASKS}, got {task!r}")

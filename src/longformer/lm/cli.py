@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -17,9 +18,15 @@ def register(subparsers) -> None:
                                           "schedule. Multi-process: torchrun --nproc_per_node K -m longformer train-lm ...")
     p.add_argument("--data", required=True, help="a text file, or 'enwik8' / 'text8' (downloaded and checksummed)")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    p.add_argument("--out", required=True, type=Path, help="run directory (checkpoint.pt, config.json, log.csv, curve.png)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="run directory: last/ (trainer_state.pt, config.json, run.json), log.csv, curve.png")
     p.add_argument("--steps", type=int, default=None, help="total optimizer steps (the phases keep their shares)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from OUT/last; every argument that changes the result must be "
+                        "the one the run was started with (the differences are listed otherwise)")
+    p.add_argument("--extend", action="store_true",
+                   help="with --resume: train a run further, to a larger --steps; the extra steps go to the last "
+                        "phase (same rate and length), as if it had been that much longer from the start")
     p.add_argument("--vocab", choices=("bytes", "text8"), default=None,
                    help="symbols: bytes (256) or text8 (27: a-z and space); default from --data, else bytes")
     p.add_argument("--full-attention", action="store_true", help="baseline: every window covers the whole sequence")
@@ -58,37 +65,47 @@ def register(subparsers) -> None:
     g.set_defaults(func=run_generate)
 
 
-def _vocab_for(data_vocab: str | None, requested: str | None, where: str) -> str:
+def _vocab_for(data_vocab: str | None, requested: str | None) -> str:
+    from .config import LMError
+
     if requested is not None and data_vocab is not None and requested != data_vocab:
-        raise SystemExit(f"{where}: --vocab {requested} conflicts with the dataset's vocab {data_vocab}")
+        raise LMError(f"--vocab {requested} conflicts with the dataset's vocab {data_vocab}")
     return requested or data_vocab or "bytes"
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .config import full_attention, get_preset
+    from ..training import RunFinished, report_on_rank0
+    from .config import LMError, full_attention, get_preset
     from .data import resolve_data
-    from .train import RunOptions, rescale_phases, train
+    from .train import RunOptions, train
 
+    for flag in ("steps", "grad_accum", "stop_at"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise LMError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.extend and not args.resume:
+        raise LMError("--extend continues an existing run: pass it with --resume (and a larger --steps)")
     path, data_vocab = resolve_data(args.data)
-    vocab = _vocab_for(data_vocab, args.vocab, "train-lm")
+    vocab = _vocab_for(data_vocab, args.vocab)
     preset = get_preset(args.preset, vocab)
     if args.full_attention:
         preset = full_attention(preset)
     t = preset.train
-    if args.steps is not None:
-        t = replace(t, phases=rescale_phases(t.phases, args.steps))
     t = replace(t, grad_accum=args.grad_accum or t.grad_accum, bf16=args.bf16 or t.bf16,
                 seed=t.seed if args.seed is None else args.seed)
     model = replace(preset.model, attn_impl=args.attn_impl,
                     grad_checkpointing=args.grad_checkpointing or preset.model.grad_checkpointing)
     preset = replace(preset, model=model, train=t)
-    opts = RunOptions(data=path, out=args.out, vocab=vocab, resume=args.resume, stop_at=args.stop_at,
+    opts = RunOptions(data=path, out=args.out, vocab=vocab, resume=args.resume, extend=args.extend,
+                      steps=args.steps, preset_name=args.preset, stop_at=args.stop_at,
                       progress=not args.no_progress, device=args.device)
     try:
-        row = train(preset, opts)
-    except KeyboardInterrupt as err:
-        print(str(err) or "interrupted", file=sys.stderr)
-        return 130
+        with report_on_rank0():
+            row = train(preset, opts)
+    except RunFinished as done:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank knows it: say it once
+            print(f"longformer train-lm: {done}", file=sys.stderr)
+        return 0
     if row:
         print(f"done: step {row['step']}, valid bpc {row['val_bpc']}; run directory {args.out}", file=sys.stderr)
     return 0
@@ -99,10 +116,14 @@ def run_eval(args: argparse.Namespace) -> int:
     from .data import SymbolStream, resolve_data
     from .evaluate import evaluate_bpc
 
+    from .config import LMError
+
+    if args.batch_size < 1 or (args.max_symbols is not None and args.max_symbols < 2):
+        raise LMError(f"--batch-size must be >= 1 and --max-symbols >= 2, got {args.batch_size} and {args.max_symbols}")
     model, state = load_model(args.checkpoint, attn_impl=args.attn_impl)
     model.to(args.device)
     path, data_vocab = resolve_data(args.data)
-    vocab = _vocab_for(data_vocab, state["vocab"], "eval-lm")
+    vocab = _vocab_for(data_vocab, state["vocab"])
     stride = args.seq_len // 2 if args.stride is None else args.stride
     stream = SymbolStream(path, args.split, vocab)
     res = evaluate_bpc(model, stream, args.seq_len, stride, max_symbols=args.max_symbols,
@@ -126,13 +147,14 @@ def run_generate(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import load_model
+    from .config import LMError
     from .data import decode, encode
     from .generate import generate
 
     model, state = load_model(args.checkpoint)
     symbols = encode(args.prompt, state["vocab"])
     if not symbols:
-        raise SystemExit("generate: --prompt must not be empty")
+        raise LMError("--prompt must not be empty")
     gen = torch.Generator().manual_seed(args.seed)
     out = generate(model, torch.tensor([symbols]), args.max_new_tokens, temperature=args.temperature,
                    top_k=args.top_k, generator=gen)

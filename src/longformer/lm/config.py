@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+from ..errors import LongformerError
+
 VOCAB_SIZES = {"bytes": 256, "text8": 27}
 
 
@@ -40,6 +42,10 @@ def upper_layer_dilations(
             raise ValueError(f"layer_dilation values must be >= 1, got layer {layer}: {r}")
         out.append((1,) * (n_head - dilated_heads) + (r,) * dilated_heads)
     return tuple(out)
+
+
+class LMError(LongformerError, ValueError):
+    """A language-model argument or file that cannot be used as given (printed as one CLI error line)."""
 
 
 @dataclass
@@ -204,7 +210,7 @@ PRESETS = {"tiny": _tiny, "small-cpu": _small_cpu, "paper-small": _paper_small}
 def get_preset(name: str, vocab: str | None = None) -> Preset:
     """A fresh copy of the named preset; ``vocab`` ("bytes" or "text8") overrides the model's vocab."""
     if name not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+        raise LMError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
     preset = PRESETS[name]()
     if vocab is not None:
         preset.model = replace(preset.model, vocab=vocab)

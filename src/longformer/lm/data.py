@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .._files import cache_root
+from .config import LMError
 
 SPLITS = ("train", "valid", "test")
 TEXT8_ALPHABET = " abcdefghijklmnopqrstuvwxyz"  # symbol 0 is the space
@@ -120,6 +121,8 @@ def resolve_data(data: str, cache_dir: Path | None = None) -> tuple[Path, str | 
     path = Path(data)
     if not path.is_file():
         raise FileNotFoundError(f"--data: {data!r} is neither an existing file nor one of {sorted(ARCHIVES)}")
+    if path.stat().st_size == 0:
+        raise LMError(f"--data: {path} is empty (0 bytes); pass a text file to model")
     return path, None
 
 
@@ -149,6 +152,10 @@ class SymbolStream:
         if vocab not in ("bytes", "text8"):
             raise ValueError(f"vocab must be 'bytes' or 'text8', got {vocab!r}")
         self.path, self.split, self.vocab = Path(path), split, vocab
+        if not self.path.is_file():
+            raise FileNotFoundError(f"data file {self.path} does not exist")
+        if self.path.stat().st_size == 0:  # numpy cannot map an empty file
+            raise LMError(f"data file {self.path} is empty (0 bytes); pass a text file to model")
         raw = np.memmap(self.path, dtype=np.uint8, mode="r")
         start, end = split_bounds(len(raw))[split]
         self.data = raw[start:end]  # a view of the map: nothing is read until a batch asks for it
@@ -158,7 +165,7 @@ class SymbolStream:
                 bad = self.table[self.data[i:i + (1 << 24)]] == 255
                 if bad.any():
                     pos = i + int(np.argmax(bad))
-                    raise ValueError(f"{self.path} is not text8 text: byte {int(self.data[pos])!r} at offset "
+                    raise LMError(f"{self.path} is not text8 text: byte {int(self.data[pos])!r} at offset "
                                      f"{pos} of the {split} split is not a-z or space (use --vocab bytes)")
 
     def __len__(self) -> int:
@@ -174,7 +181,8 @@ class SymbolStream:
     def random_batch(self, batch_size: int, seq_len: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each (batch_size, seq_len) int64, from uniformly random offsets."""
         if len(self) < seq_len + 1:
-            raise ValueError(f"the {self.split} split of {self.path} has {len(self)} symbols, fewer than seq_len + 1 = {seq_len + 1}")
+            raise LMError(f"the {self.split} split of {self.path} has {len(self)} symbols, fewer than seq_len + 1 = "
+                          f"{seq_len + 1}; use a longer file (the splits are 90/5/5%) or a shorter sequence")
         starts = torch.randint(0, len(self) - seq_len, (batch_size,), generator=generator).tolist()
         rows = np.stack([self.get(s, s + seq_len + 1) for s in starts])
         t = torch.from_numpy(rows)
@@ -191,6 +199,6 @@ def encode(text: str, vocab: str) -> list[int]:
     if vocab == "text8":
         bad = sorted({ch for ch in text if ch not in TEXT8_ALPHABET})
         if bad:
-            raise ValueError(f"prompt has characters outside text8's a-z and space: {bad[:10]}")
+            raise LMError(f"prompt has characters outside text8's a-z and space: {bad[:10]}")
         return [TEXT8_ALPHABET.index(ch) for ch in text]
     return list(text.encode("utf-8"))

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .config import LMError
 from .data import SymbolStream
 from .model import LongformerLM
 
@@ -27,9 +28,9 @@ def plan_windows(n: int, seq_len: int, context: int) -> Iterator[tuple[int, int]
     (except in the first window).
     """
     if seq_len < 1:
-        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        raise LMError(f"seq_len must be >= 1, got {seq_len}")
     if not 0 <= context < seq_len:
-        raise ValueError(f"context (--stride) must be in [0, seq_len={seq_len}), got {context}")
+        raise LMError(f"context (--stride) must be in [0, seq_len={seq_len}), got {context}")
     next_target = 1
     while next_target <= n - 1:
         # target j is predicted from inputs start..j-1: at least one input, and `context` of them
@@ -48,7 +49,7 @@ def evaluate_bpc(model: LongformerLM, stream: SymbolStream, seq_len: int, contex
     """
     n = len(stream) if max_symbols is None else min(len(stream), max_symbols)
     if n < 2:
-        raise ValueError(f"need at least 2 symbols to score, the {stream.split} split has {n}")
+        raise LMError(f"need at least 2 symbols to score, the {stream.split} split has {n}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .config import LMError
 from .model import LongformerLM, rotary_tables
 
 
@@ -89,11 +90,11 @@ def generate(model: LongformerLM, prompt: torch.Tensor, max_new_tokens: int, *, 
     if prompt.dim() != 2 or prompt.shape[1] < 1:
         raise ValueError(f"prompt must be (B, T0) with T0 >= 1 symbols, got shape {tuple(prompt.shape)}")
     if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        raise LMError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+        raise LMError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and not 1 <= top_k <= model.config.vocab_size:
-        raise ValueError(f"top_k must be in [1, {model.config.vocab_size}], got {top_k}")
+        raise LMError(f"top_k must be in [1, {model.config.vocab_size}], got {top_k}")
     model.eval()
     B, T0 = prompt.shape
     caches = new_caches(model, B, T0 + max_new_tokens)

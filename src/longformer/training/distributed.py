@@ -1,15 +1,19 @@
 """Process-group plumbing for ``torchrun``: who am I, which device, and sharing results.
 
-With one process every helper degrades to a no-op, so the trainer has a single code path.
+With one process every helper degrades to a no-op, so a training loop has a single code path.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from ..errors import LongformerError
 
 
 @dataclass
@@ -18,6 +22,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owned: bool = False  # this context started the process group (and `shutdown` ends it)
 
     @property
     def is_main(self) -> bool:
@@ -45,9 +50,13 @@ def init_distributed(device: str | None = None) -> DistContext:
             dev = torch.device(f"cuda:{local}")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    owned = False
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return DistContext(rank, world, local, dev)
+        owned = True
+    if world > 1:
+        rank, world = dist.get_rank(), dist.get_world_size()
+    return DistContext(rank, world, local, dev, owned)
 
 
 def all_gather_objects(ctx: DistContext, obj: Any) -> list[Any]:
@@ -81,6 +90,24 @@ def all_reduce_max(ctx: DistContext, value: float) -> float:
     return float(t.item())
 
 
+def any_rank(ctx: DistContext, flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any (say, a signal that reached one process)."""
+    return all_reduce_max(ctx, float(flag)) > 0
+
+
 def shutdown(ctx: DistContext) -> None:
-    if ctx.enabled and dist.is_initialized():
+    """End the process group if `init_distributed` started it (a caller's own group is left alone)."""
+    if ctx.owned and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def report_on_rank0() -> Iterator[None]:
+    """Under ``torchrun`` every rank meets the same user error: rank 0 lets it through (the CLI
+    prints it as one line), the other ranks exit with status 2 without printing it again."""
+    try:
+        yield
+    except LongformerError:
+        if int(os.environ.get("RANK", "0")) != 0:
+            raise SystemExit(2) from None
+        raise
