@@ -136,15 +136,23 @@ def test_matches_reference_large(impl, T, window, causal, dtype):
     check_against_reference(impl, dtype, 2, 4, T, 64, window, (1, 2, 1, 4), causal, "many", True)
 
 
-@pytest.mark.parametrize("impl", FAST_IMPLS)
-@settings(max_examples=25, deadline=None)
-@given(
+# random patterns: also drawn by test_flex.py, with fewer examples
+RANDOM_PATTERN = dict(
     B=st.integers(1, 3), H=st.integers(1, 3), T=st.integers(1, 80), D=st.integers(1, 9),
     window=st.integers(0, 40), max_r=st.integers(1, 6), causal=st.booleans(),
     p_global=st.sampled_from([0.0, 0.05, 0.3]), p_pad=st.sampled_from([0.0, 0.2, 1.0]),
     seed=st.integers(0, 2**16),
 )
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@settings(max_examples=25, deadline=None)
+@given(**RANDOM_PATTERN)
 def test_random_patterns(impl, B, H, T, D, window, max_r, causal, p_global, p_pad, seed):
+    check_random_pattern(impl, B, H, T, D, window, max_r, causal, p_global, p_pad, seed)
+
+
+def check_random_pattern(impl, B, H, T, D, window, max_r, causal, p_global, p_pad, seed):
     g = torch.Generator().manual_seed(seed)
     dilation = tuple(int(r) for r in torch.randint(1, max_r + 1, (H,), generator=g))
     key_valid = torch.rand(B, T, generator=g) >= p_pad

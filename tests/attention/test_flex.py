@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import settings
+from hypothesis import given, settings
 from torch.nn.attention.flex_attention import BlockMask, create_mask
 
 import test_blocked as shared
@@ -82,15 +82,19 @@ def test_blocked_on_the_same_device(device, T):
     shared.check_against_reference("blocked", torch.float32, 2, 3, T, 16, 37, (1, 3, 2), True, "many", True, device=device)
 
 
-def test_random_patterns():
-    """The hypothesis search of test_blocked.py (random B, H, T, D, window, per-head dilation,
-    causal, global and padding densities), run with impl="flex": 10 examples here, 25 under slow."""
-    settings(max_examples=10, deadline=None)(shared.test_random_patterns)(impl="flex")
+@settings(max_examples=10, deadline=None)
+@given(**shared.RANDOM_PATTERN)
+def test_random_patterns(B, H, T, D, window, max_r, causal, p_global, p_pad, seed):
+    """The random patterns of test_blocked.py (B, H, T, D, window, per-head dilation, causal, global
+    and padding densities) with impl="flex": 10 examples here, 25 more under slow."""
+    shared.check_random_pattern("flex", B, H, T, D, window, max_r, causal, p_global, p_pad, seed)
 
 
 @pytest.mark.slow
-def test_random_patterns_more():
-    shared.test_random_patterns(impl="flex")
+@settings(max_examples=25, deadline=None)
+@given(**shared.RANDOM_PATTERN)
+def test_random_patterns_more(B, H, T, D, window, max_r, causal, p_global, p_pad, seed):
+    shared.check_random_pattern("flex", B, H, T, D, window, max_r, causal, p_global, p_pad, seed)
 
 
 def test_no_grad_path_matches_grad_path():

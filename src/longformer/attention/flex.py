@@ -226,8 +226,8 @@ def run_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, scal
     with warnings.catch_warnings():
         # the eager path is chosen on purpose here: torch's "call it compiled" advice does not apply
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-        if not needs_grad:
-            return fa.flex_attention(q, k, v, block_mask=block_mask, scale=scale)
+        if not needs_grad:  # (detached: CPU flex refuses inputs that require grad even under no_grad)
+            return fa.flex_attention(q.detach(), k.detach(), v.detach(), block_mask=block_mask, scale=scale)
         return _eager_with_grad(fa, q, k, v, block_mask, scale)
 
 
