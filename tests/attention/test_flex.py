@@ -154,14 +154,14 @@ def test_local_block_mask_covers_the_pattern_and_is_sparse(T, window, r, causal,
         band_ok = ~is_global if band_ok is None else band_ok & ~is_global
     bm = flex.local_block_mask(B, Hg, T, r, window, causal, band_ok, glob, torch.device("cpu"))
     Tp, KV = bm.seq_lengths
-    dense = create_mask(bm.mask_mod, B, Hg * r, Tp, KV, "cpu")  # (B, Hg r, Tp, KV)
+    dense = create_mask(bm.mask_mod, B * Hg * r, 1, Tp, KV, "cpu").view(B, Hg * r, Tp, KV)
     nQ, nK = -(-Tp // flex.BLOCK), -(-KV // flex.BLOCK)
     pad = (0, nK * flex.BLOCK - KV, 0, nQ * flex.BLOCK - Tp)
     blocks = torch.nn.functional.pad(dense, pad).view(B, Hg * r, nQ, flex.BLOCK, nK, flex.BLOCK)
-    listed = bm.to_dense().bool()
+    listed = bm.to_dense().bool().view(B, Hg * r, nQ, nK)
     assert not (blocks.any(5).any(3) & ~listed).any(), "an allowed pair lies in a block that is not listed"
     full = BlockMask.from_kv_blocks(bm.full_kv_num_blocks, bm.full_kv_indices, BLOCK_SIZE=flex.BLOCK,
-                                    seq_lengths=(Tp, KV)).to_dense().bool()
+                                    seq_lengths=(Tp, KV)).to_dense().bool().view(B, Hg * r, nQ, nK)
     padded_ok = torch.nn.functional.pad(torch.ones_like(dense), pad).view_as(blocks)
     all_allowed = (blocks | ~padded_ok).all(5).all(3)
     assert not (full & ~all_allowed).any(), "a block listed as full has a masked pair"
@@ -199,8 +199,9 @@ def test_global_rows_block_mask(T, G, causal):
     is_global[1, 5] = True
     key_valid = torch.rand(2, T, generator=g) > 0.2
     glob = flex.GlobalSlots.make(is_global, key_valid, T)
-    bm = flex.global_rows_block_mask(glob, T, causal, key_valid)
-    dense = create_mask(bm.mask_mod, 2, 1, *bm.seq_lengths, "cpu")[:, 0]  # (B, G slots, T)
+    H = 2
+    bm = flex.global_rows_block_mask(glob, H, T, causal, key_valid)
+    dense = create_mask(bm.mask_mod, 2 * H, 1, *bm.seq_lengths, "cpu").view(2, H, -1, T)[:, 1]  # (B, G slots, T)
     spec = allowed_pairs(T, 0, (1,), causal, key_valid, is_global, torch.device("cpu"))[:, 0]
     for b in range(2):
         rows = is_global[b].nonzero().squeeze(1)
@@ -210,8 +211,8 @@ def test_global_rows_block_mask(T, G, causal):
 
 def test_compiled_path_does_not_recompile_for_new_lengths(monkeypatch):
     """The compiled route (what CUDA runs) with a backend that counts compilations, on the CPU: new
-    sequence lengths, windows and global counts reuse the graphs (one per head layout), and the
-    results match the reference."""
+    sequence lengths, windows and global counts reuse the graphs (heads are folded into the batch,
+    so the head groups of every dilation share them), and the results match the reference."""
     from torch.nn.attention.flex_attention import flex_attention
 
     compiled = []

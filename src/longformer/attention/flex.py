@@ -78,7 +78,7 @@ def flex_attention_impl(
         out = out[:, torch.tensor(order, device=q.device).argsort()]
     if glob is None:
         return out
-    rows = run_flex(glob.gather(q), k, v, global_rows_block_mask(glob, T, causal, key_valid), scale)  # (B, H, G, D)
+    rows = run_flex(glob.gather(q), k, v, global_rows_block_mask(glob, H, T, causal, key_valid), scale)  # (B, H, G, D)
     back = rows.gather(2, glob.slot[:, None, :, None].expand(B, H, T, D))  # global row t -> its result
     return torch.where(is_global[:, None, :, None], back, out)
 
@@ -142,8 +142,9 @@ def _repeat_residues(x: torch.Tensor, r: int) -> torch.Tensor:
 
 
 def local_block_mask(B, Hg, T, r, window, causal, band_ok, glob, device):
-    """The BlockMask of part A for a head group: (B, Hg * r) flex heads of Tp query slots against
-    Tp band slots + G global slots. Its mask_mod is the exact pattern; the block lists cover it."""
+    """The BlockMask of part A for a head group: B * Hg * r sequences (flex batch index
+    n = (b * Hg + g) * r + m, see `run_flex`) of Tp query slots against Tp band slots + G global
+    slots. Its mask_mod is the exact pattern; the block lists cover it."""
     from torch.nn.attention.flex_attention import BlockMask
 
     Tp = _padded_length(-(-T // r))
@@ -155,21 +156,22 @@ def local_block_mask(B, Hg, T, r, window, causal, band_ok, glob, device):
     ok = torch.nn.functional.pad(band_ok, (0, Tp * r - T)).view(B, Tp, r).transpose(1, 2)
     if glob is not None:
         ok = torch.cat([ok, glob.key_ok[:, None, :].expand(B, r, G)], dim=2)
-    ok = ok.contiguous()
+    ok = ok.reshape(B * r, KV)  # row b * r + m
     right = 0 if causal else window
     # captured as tensors, not Python ints, so that the compiled kernel does not specialise on them
-    w_t, right_t, tp_t, r_t = (torch.tensor(x, device=device) for x in (window, right, Tp, r))
+    w_t, right_t, tp_t, r_t, hr_t = (torch.tensor(x, device=device) for x in (window, right, Tp, r, Hg * r))
     gpos = None if glob is None else glob.pos
 
-    def mask_mod(b, h, q, kv):
-        m = h % r_t
+    def mask_mod(n, h, q, kv):
+        b, m = n // hr_t, n % r_t  # batch element and residue of sequence n
+        key_ok = ok[b * r_t + m, kv]
         band = (kv < tp_t) & (q - kv <= w_t) & (kv - q <= right_t)
         if gpos is None:
-            return ok[b, m, kv] & band
+            return key_ok & band
         to_global = kv >= tp_t
         if causal:  # the global key's position against the query's, m + q r
             to_global = to_global & (gpos[b, torch.clamp(kv - tp_t, min=0)] <= m + q * r_t)
-        return ok[b, m, kv] & (band | to_global)
+        return key_ok & (band | to_global)
 
     # block tables (nQ, nK) from the geometry, then (B, r, nQ, nK) with the keys' validity
     nQ, nK = -(-Tp // BLOCK), -(-KV // BLOCK)
@@ -186,21 +188,24 @@ def local_block_mask(B, Hg, T, r, window, causal, band_ok, glob, device):
     any_blk = (any_band | any_global)[None, None].expand(B, r, nQ, nK)
     full = (full_band | full_global)[None, None] & ok_blocks[:, :, None, :]
     partial = any_blk & ~full
-    heads = lambda t: t[:, None].expand(B, Hg, r, nQ, nK).reshape(B, Hg * r, nQ, nK)  # noqa: E731
+    heads = lambda t: t[:, None].expand(B, Hg, r, nQ, nK).reshape(B * Hg * r, 1, nQ, nK)  # noqa: E731
     (pn, pi), (fn, fi) = _ordered(heads(partial)), _ordered(heads(full))
     return BlockMask.from_kv_blocks(pn, pi, fn, fi, BLOCK_SIZE=BLOCK, mask_mod=mask_mod, seq_lengths=(Tp, KV))
 
 
-def global_rows_block_mask(glob: GlobalSlots, T: int, causal: bool, key_valid: torch.Tensor | None):
-    """The BlockMask of part B: G global query slots against all T keys (every block listed)."""
+def global_rows_block_mask(glob: GlobalSlots, H: int, T: int, causal: bool, key_valid: torch.Tensor | None):
+    """The BlockMask of part B: G global query slots against all T keys (every block listed), for
+    B * H sequences (flex batch index n = b * H + h, see `run_flex`)."""
     from torch.nn.attention.flex_attention import BlockMask
 
     B, G = glob.pos.shape
     device = glob.pos.device
     key_ok = torch.ones(B, T, dtype=torch.bool, device=device) if key_valid is None else key_valid
     present, gpos = glob.present, glob.pos
+    h_t = torch.tensor(H, device=device)
 
-    def mask_mod(b, h, q, kv):
+    def mask_mod(n, h, q, kv):
+        b = n // h_t
         allowed = key_ok[b, kv] & present[b, q]
         return allowed & (kv <= gpos[b, q]) if causal else allowed
 
@@ -216,7 +221,16 @@ def _ordered(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def run_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, scale: float) -> torch.Tensor:
-    """flex_attention(q, k, v) under block_mask: compiled on CUDA, eager elsewhere (see module doc)."""
+    """flex_attention of (B, Hx, L, D) q against (B, Hx, S, D) k, v under block_mask, with the heads
+    folded into the batch: flex sees B * Hx sequences of one head. flex keeps head counts static
+    under compile (one kernel per count), batch sizes dynamic: folded, the head groups of every
+    dilation share one compiled kernel. Compiled on CUDA, eager elsewhere (see module doc)."""
+    B, Hx = q.shape[:2]
+    fold = lambda t: t.reshape(B * Hx, 1, *t.shape[2:])  # noqa: E731
+    return _run_flex(fold(q), fold(k), fold(v), block_mask, scale).view(B, Hx, *q.shape[2:])
+
+
+def _run_flex(q, k, v, block_mask, scale):
     from torch.nn.attention import flex_attention as fa
 
     if _use_compiled(q):

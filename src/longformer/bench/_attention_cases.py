@@ -247,6 +247,8 @@ def _build(spec: dict):
     if impl == "flex":
         if DEVICE.type == "cuda":
             return fn, [q, k, v], "torch.compile'd flex_attention (dynamic shapes)", True
+        if B * H * T * T > 2**28:  # eager flex holds several (B, H, T, T) fp32 tensors at once
+            return None, [], "eager CPU flex skipped above 2^28 scores (it materialises T x T)", False
         return fn, [q, k, v], "eager flex: torch's unfused path (T x T scores per call)", False
     return fn, [q, k, v], "", False
 
