@@ -1,7 +1,7 @@
 """impl="flex" against the dense reference over the shared grid of test_blocked.py (outputs and
 gradients of q, k, v), on the CPU (eager flex) and on CUDA when present (compiled flex); plus its
 block masks, which the eager path never reads (it applies the mask_mod to every pair), checked to
-cover the pattern and to be sparse; its dropout refusal; and its compiled path's recompilations."""
+cover the pattern and to be sparse; dropout; and its compiled path's recompilations."""
 from __future__ import annotations
 
 import pytest
@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from torch.nn.attention.flex_attention import BlockMask, create_mask
 
 import test_blocked as shared
+from attn_helpers import grads
 from longformer import sliding_window_attention
 from longformer.attention import flex
 from longformer.attention.reference import allowed_pairs
@@ -111,10 +112,19 @@ def test_no_grad_path_matches_grad_path():
     torch.testing.assert_close(plain, with_grad.detach(), atol=1e-6, rtol=1e-6)
 
 
-def test_dropout_is_refused_with_alternatives():
-    q = torch.randn(1, 1, 10, 4)
-    with pytest.raises(NotImplementedError, match="impl='blocked' or 'compiled'"):
-        sliding_window_attention(q, q, q, 2, dropout_p=0.1, impl="flex")
+@pytest.mark.parametrize("device", DEVICES)
+def test_dropout_matches_the_reference_mask(device):
+    """Dropout (two flex calls: out over the kept keys, rescaled by the undropped log-sum-exp) with a
+    high rate, so that some rows lose every key; test_dropout.py runs the other patterns."""
+    g = torch.Generator().manual_seed(11)
+    B, H, T, D = 2, 2, 150, 8
+    q, k, v, dout = (torch.randn(B, H, T, D, generator=g).to(device) for _ in range(4))
+    is_global = torch.zeros(B, T, dtype=torch.bool, device=device)
+    is_global[0, [3, 140]] = True
+    kw = dict(window=2, dilation=(1, 2), causal=True, global_attention_mask=is_global, dropout_p=0.9, dropout_seed=5)
+    truth = grads("reference", q.double(), k.double(), v.double(), dout.double(), **kw)
+    for name, t, x in zip(("out", "dq", "dk", "dv"), truth, grads("flex", q, k, v, dout, **kw)):
+        torch.testing.assert_close(x.double(), t, atol=3e-5, rtol=3e-5, msg=name)
 
 
 def test_auto_never_picks_flex():

@@ -52,7 +52,7 @@ def sliding_window_attention(
             ``"compiled"`` (the fused C++ CPU kernel, built with the system compiler on first use and
             cached; fp32/bf16/fp16) or ``"flex"`` (torch's FlexAttention with a block mask built from
             the pattern: compiled on CUDA, eager and O(T^2) in memory on the CPU, where it serves as
-            a check; no dropout). ``"auto"`` uses the compiled kernel on the CPU when it builds,
+            a check). ``"auto"`` uses the compiled kernel on the CPU when it builds,
             and falls back to the blocked kernel where it cannot; it never picks ``"flex"``, which
             has not been measured faster than ``"blocked"`` on a GPU (docs/attention.md).
 

@@ -20,14 +20,22 @@ On CUDA the flex op is torch.compile'd once per process with dynamic shapes (see
 On the CPU it runs eagerly: torch's unfused flex path, which materialises each call's scores, for
 correctness checks and not for speed. The public ``flex_attention`` refuses gradients on the CPU, so
 with autograd on there the flex higher-order op is called the way ``flex_attention`` calls it itself
-(the op's own eager backward runs). Attention dropout is refused: flex's score_mod acts before the
-softmax, while dropout multiplies probabilities after it with the undropped normaliser.
+(the op's own eager backward runs).
+
+Attention dropout (dropout.py's hash mask, as every implementation) takes two flex calls per part:
+flex's score_mod acts before the softmax, while dropout multiplies probabilities after it with the
+undropped normaliser. A score_mod that sets dropped scores to -inf and adds log(1/(1-p)) to kept
+ones gives ``out_d`` normalised over the kept keys with log-sum-exp ``lse_d``; a plain call gives
+the undropped ``lse``; then ``out = out_d * exp(lse_d - lse)`` exactly, gradients through both.
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
+
+from .dropout import _fmix32, _i32, keep_scale, threshold
 
 BLOCK = 128  # flex's block size: the granularity of its block-sparse skipping
 _FLEX = None  # the compiled flex op of this process (CUDA), made on first use
@@ -51,11 +59,6 @@ def flex_attention_impl(
     (B, H, T, D) in q's dtype; rows with nothing to attend are 0. Arguments are assumed checked by
     `sliding_window_attention`.
     """
-    if dropout is not None:
-        raise NotImplementedError(
-            "impl='flex' has no attention dropout (flex modifies scores before the softmax; dropout acts on "
-            "probabilities after it): use impl='blocked' or 'compiled' for dropout_p > 0, or dropout_p=0"
-        )
     B, H, T, D = q.shape
     glob = GlobalSlots.make(is_global, key_valid, T)
     band_ok = key_valid  # keys the band may use: valid and not global (global keys count once)
@@ -71,14 +74,16 @@ def flex_attention_impl(
         if glob is not None:
             ks = torch.cat([ks, _repeat_residues(glob.gather(k[:, heads]), r)], dim=2)
             vs = torch.cat([vs, _repeat_residues(glob.gather(v[:, heads]), r)], dim=2)
-        parts.append(_merge(run_flex(qs, ks, vs, mask, scale), len(heads), r, T))
+        drop = None if dropout is None else local_dropout_mod(dropout, B, H, heads, r, mask.seq_lengths[0], glob, q.device)
+        parts.append(_merge(run_flex(qs, ks, vs, mask, scale, drop), len(heads), r, T))
         order += heads
     out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     if order != sorted(order):
         out = out[:, torch.tensor(order, device=q.device).argsort()]
     if glob is None:
         return out
-    rows = run_flex(glob.gather(q), k, v, global_rows_block_mask(glob, H, T, causal, key_valid), scale)  # (B, H, G, D)
+    drop = None if dropout is None else global_rows_dropout_mod(dropout, H, glob)
+    rows = run_flex(glob.gather(q), k, v, global_rows_block_mask(glob, H, T, causal, key_valid), scale, drop)  # (B, H, G, D)
     back = rows.gather(2, glob.slot[:, None, :, None].expand(B, H, T, D))  # global row t -> its result
     return torch.where(is_global[:, None, :, None], back, out)
 
@@ -220,29 +225,102 @@ def _ordered(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return dense.sum(-1, dtype=torch.int32), torch.argsort(dense, dim=-1, descending=True, stable=True).to(torch.int32)
 
 
-def run_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, scale: float) -> torch.Tensor:
+def local_dropout_mod(dropout, B, H, heads, r, Tp, glob, device):
+    """score_mod of part A applying dropout.py's mask: sequence n = (b * Hg + g) * r + m, query slot
+    q is position m + q r of head heads[g], key slot kv is position m + kv r (band) or a global one."""
+    seed, thr, log_scale = _drop_constants(dropout, device)
+    heads_t = torch.tensor(heads, dtype=torch.int32, device=device)
+    hr_t, r_t, tp_t, h_t = (torch.tensor(x, dtype=torch.int32, device=device) for x in (len(heads) * r, r, Tp, H))
+    gpos = None if glob is None else glob.pos
+
+    def score_mod(score, n, h, q, kv):
+        n, q, kv = n.to(torch.int32), q.to(torch.int32), kv.to(torch.int32)
+        b, m = n // hr_t, n % r_t
+        head = heads_t[(n // r_t) % (hr_t // r_t)]
+        kpos = m + kv * r_t
+        if gpos is not None:
+            kpos = torch.where(kv < tp_t, kpos, gpos[b, torch.clamp(kv - tp_t, min=0)])
+        kept = _kept(seed, thr, b * h_t + head, m + q * r_t, kpos)
+        return score + _bias(kept, log_scale)
+
+    return score_mod
+
+
+def global_rows_dropout_mod(dropout, H, glob):
+    """score_mod of part B: sequence n = b * H + h, query slot q is global position pos[b, q]."""
+    seed, thr, log_scale = _drop_constants(dropout, glob.pos.device)
+    h_t = torch.tensor(H, dtype=torch.int32, device=glob.pos.device)
+    gpos = glob.pos
+
+    def score_mod(score, n, h, q, kv):
+        n, q, kv = n.to(torch.int32), q.to(torch.int32), kv.to(torch.int32)
+        kept = _kept(seed, thr, n, gpos[n // h_t, q], kv)
+        return score + _bias(kept, log_scale)
+
+    return score_mod
+
+
+def _drop_constants(dropout, device):
+    """(seed, threshold - 2^31, log(1/(1-p))) as 0-d tensors: graph inputs under compile, so that a new
+    seed at every step does not recompile."""
+    thr = threshold(dropout[0])
+    return (torch.tensor(_i32(dropout[1]), dtype=torch.int32, device=device),
+            torch.tensor(thr - (1 << 31), dtype=torch.int32, device=device),
+            torch.tensor(math.log(keep_scale(thr)), dtype=torch.float32, device=device))
+
+
+def _bias(kept, log_scale):
+    # added to the score rather than selecting it, so that d(score_mod)/d(score) is 1 whatever the hash
+    # (torch's eager flex backward traces the score_mod's gradient, and a where() on the hash there
+    # came out wrong: dq/dk off while out and dv were exact)
+    return torch.where(kept, log_scale, -float("inf"))
+
+
+def _kept(seed, thr_signed, bh, qpos, kpos):
+    """dropout.py's keep decision for (head b * H + h, query position, key position), int32 throughout."""
+    head = _fmix32(seed ^ (bh * _i32(0x9E3779B1)))
+    row = _fmix32(head ^ (qpos * _i32(0x85EBCA77)))
+    return (_fmix32(row + kpos * _i32(0xC2B2AE3D)) ^ _i32(1 << 31)) >= thr_signed
+
+
+def run_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, scale: float, drop=None) -> torch.Tensor:
     """flex_attention of (B, Hx, L, D) q against (B, Hx, S, D) k, v under block_mask, with the heads
     folded into the batch: flex sees B * Hx sequences of one head. flex keeps head counts static
     under compile (one kernel per count), batch sizes dynamic: folded, the head groups of every
-    dilation share one compiled kernel. Compiled on CUDA, eager elsewhere (see module doc)."""
+    dilation share one compiled kernel. Compiled on CUDA, eager elsewhere (see module doc).
+    drop: None, or a dropout score_mod (see the module doc: two calls then)."""
     B, Hx = q.shape[:2]
-    fold = lambda t: t.reshape(B * Hx, 1, *t.shape[2:])  # noqa: E731
-    return _run_flex(fold(q), fold(k), fold(v), block_mask, scale).view(B, Hx, *q.shape[2:])
+    q, k, v = (t.reshape(B * Hx, 1, *t.shape[2:]) for t in (q, k, v))
+    if drop is None:
+        out = _run_flex(q, k, v, block_mask, scale, None)[0]
+    else:
+        out_d, lse_d = _run_flex(q, k, v, block_mask, scale, drop)
+        lse = _run_flex(q, k, v, block_mask, scale, None)[1]
+        empty = lse == -float("inf")  # no key at all (then out_d is 0 too): keep exp() away from NaN
+        lse_d = lse_d.masked_fill(empty, -float("inf"))
+        out = out_d * torch.exp(lse_d - lse.masked_fill(empty, 0.0)).unsqueeze(-1).to(out_d.dtype)
+    return out.view(B, Hx, *out.shape[2:])
 
 
-def _run_flex(q, k, v, block_mask, scale):
+def _run_flex(q, k, v, block_mask, scale, score_mod):
+    """(out, natural-log lse) of one flex call on (N, 1, L, D) inputs."""
     from torch.nn.attention import flex_attention as fa
 
+    aux = fa.AuxRequest(lse=True)
     if _use_compiled(q):
-        _mark_dynamic(q, k, v, *block_mask.as_tuple()[:-1], *_captured(block_mask.mask_mod))
-        return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale)
+        extra = _captured(score_mod) if score_mod is not None else []
+        _mark_dynamic(q, k, v, *block_mask.as_tuple()[:-1], *_captured(block_mask.mask_mod), *extra)
+        out, got = _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, return_aux=aux)
+        return out, got.lse
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     with warnings.catch_warnings():
         # the eager path is chosen on purpose here: torch's "call it compiled" advice does not apply
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
         if not needs_grad:  # (detached: CPU flex refuses inputs that require grad even under no_grad)
-            return fa.flex_attention(q.detach(), k.detach(), v.detach(), block_mask=block_mask, scale=scale)
-        return _eager_with_grad(fa, q, k, v, block_mask, scale)
+            out, got = fa.flex_attention(q.detach(), k.detach(), v.detach(), score_mod=score_mod,
+                                         block_mask=block_mask, scale=scale, return_aux=aux)
+            return out, got.lse
+        return _eager_with_grad(fa, q, k, v, block_mask, scale, score_mod)
 
 
 def _use_compiled(q: torch.Tensor) -> bool:
@@ -250,7 +328,7 @@ def _use_compiled(q: torch.Tensor) -> bool:
     return q.is_cuda
 
 
-def _eager_with_grad(fa, q, k, v, block_mask, scale):
+def _eager_with_grad(fa, q, k, v, block_mask, scale, score_mod):
     """The flex op with autograd on the CPU, called as torch's flex_attention calls it (which itself
     refuses CPU gradients before it gets there)."""
     from torch._higher_order_ops.flex_attention import flex_attention as flex_op
@@ -261,10 +339,10 @@ def _eager_with_grad(fa, q, k, v, block_mask, scale):
 
     options = fa._apply_kernel_options(q, k, v, False, None, fa.AuxRequest(lse=True))
     with setup_compilation_env() as backend:
-        out, _, _ = torch.compile(call, backend=backend, fullgraph=True)(
-            q, k, v, _no_score_mod, block_mask.as_tuple(), scale, options
+        out, lse, _ = torch.compile(call, backend=backend, fullgraph=True)(
+            q, k, v, score_mod or _no_score_mod, block_mask.as_tuple(), scale, options
         )
-    return out
+    return out, lse * math.log(2.0)  # the op's statistics are base 2 (flex_attention converts them so)
 
 
 def _captured(fn) -> list[torch.Tensor]:
