@@ -141,7 +141,8 @@ def _mask_cases():
     g = torch.Generator().manual_seed(7)
     cases = []
     for T, w, r, causal in [(700, 5, 1, False), (700, 130, 1, True), (900, 40, 3, False), (600, 300, 2, True),
-                            (400, 0, 1, False), (1100, 127, 1, False)]:
+                            (400, 0, 1, False), (1100, 127, 1, False),
+                            (700, 126, 1, False), (900, 254, 2, False)]:  # a block edge 1 past the window
         is_global = torch.zeros(2, T, dtype=torch.bool)
         is_global[0, [0, T // 2]] = True
         is_global[1, torch.randperm(T, generator=g)[:40]] = True
