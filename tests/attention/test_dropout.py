@@ -1,4 +1,4 @@
-"""Attention-probability dropout: the compiled and blocked kernels apply exactly the reference's hash
+"""Attention-probability dropout: the compiled, blocked and flex kernels apply exactly the reference's hash
 mask (outputs and gradients), the mask has the right rate and no bias, and seeds behave."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from longformer.attention.dropout import dense_keep_factor, keep_blocks, keep_fa
 from attn_helpers import grads, needs_kernel
 
 
-@pytest.mark.parametrize("impl", ["compiled", "blocked"])
+@pytest.mark.parametrize("impl", ["compiled", "blocked", "flex"])
 @pytest.mark.parametrize("p", [0.1, 0.5])
 @pytest.mark.parametrize("dilation,causal,globals_,padding", [
     ((1, 1), False, False, False),

@@ -7,7 +7,7 @@ import torch
 
 from .reference import reference_attention
 
-IMPLS = ("auto", "reference", "blocked", "compiled")
+IMPLS = ("auto", "reference", "blocked", "compiled", "flex")
 
 
 def sliding_window_attention(
@@ -50,8 +50,11 @@ def sliding_window_attention(
         impl: ``"auto"`` (fastest correct choice), ``"reference"`` (dense O(T^2) spec),
             ``"blocked"`` (memory-linear blocked kernel in PyTorch, any device and dtype) or
             ``"compiled"`` (the fused C++ CPU kernel, built with the system compiler on first use and
-            cached; fp32/bf16/fp16). ``"auto"`` uses the compiled kernel on the CPU when it builds,
-            and falls back to the blocked kernel where it cannot.
+            cached; fp32/bf16/fp16) or ``"flex"`` (torch's FlexAttention with a block mask built from
+            the pattern: compiled on CUDA, eager and O(T^2) in memory on the CPU, where it serves as
+            a check). ``"auto"`` uses the compiled kernel on the CPU when it builds,
+            and falls back to the blocked kernel where it cannot; it never picks ``"flex"``, which
+            has not been measured faster than ``"blocked"`` on a GPU (docs/attention.md).
 
     Returns:
         (B, H, T, D) in q's dtype. A row with nothing to attend is 0, never NaN. Softmax statistics
@@ -85,6 +88,10 @@ def sliding_window_attention(
         from .compiled import compiled_attention
 
         return compiled_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale, dropout)
+    if impl == "flex":
+        from .flex import flex_attention_impl
+
+        return flex_attention_impl(q, k, v, window, dilations, causal, key_valid, is_global, scale, dropout)
     from .blocked import blocked_attention
 
     return blocked_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale, dropout)

@@ -14,6 +14,13 @@ from collections.abc import Callable
 
 import torch
 
+DEVICE = torch.device("cpu")  # the device of this measurement subprocess (set by `measure`)
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
 
 def measure_interleaved(specs: list[dict], repeats: int) -> list[dict]:
     """Time several specs in one process, round-robin (one call of each per round), median per spec:
@@ -33,11 +40,14 @@ def measure_interleaved(specs: list[dict], repeats: int) -> list[dict]:
     for _ in range(repeats):
         for i, (fn, leaves) in enumerate(fns):
             with torch.no_grad():
+                _sync()
                 t0 = time.perf_counter()
                 fn()
+                _sync()
                 fwd[i].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             _fwd_bwd(fn, leaves)
+            _sync()
             fb[i].append(time.perf_counter() - t0)
     return [
         {"fwd_ms": 1e3 * statistics.median(a), "fb_ms": 1e3 * statistics.median(b), "rel_err": e}
@@ -60,10 +70,12 @@ def _error_vs_fp32(spec: dict, fn: Callable, leaves: list[torch.Tensor]) -> floa
 
 
 def measure(spec: dict) -> dict:
+    global DEVICE
+    DEVICE = torch.device(spec.get("device", "cpu"))
     if spec["impl"] == "interleaved":
         return {"results": measure_interleaved(spec["specs"], spec["repeats"])}
     if spec["impl"] == "gemm":
-        return dict(gflops=_gemm_rate(getattr(torch, spec["dtype"])))
+        return dict(gflops=_gemm_rate(getattr(torch, spec["dtype"])))  # on DEVICE
     if spec["impl"] == "build":
         return _kernel_build()
     torch.manual_seed(0)
@@ -75,7 +87,15 @@ def measure(spec: dict) -> dict:
         t0 = time.perf_counter()
         with torch.no_grad():
             fn()
+        _sync()
         result["compile_s"] = time.perf_counter() - t0
+        try:  # the backward graph compiles on the first backward: reported apart too
+            t0 = time.perf_counter()
+            _fwd_bwd(fn, leaves)
+            _sync()
+            result["compile_bwd_s"] = time.perf_counter() - t0
+        except Exception:
+            pass  # reported below as a missing backward
     # forward first: a failed backward attempt can leave a compiled peer running eagerly afterwards
     with torch.no_grad():
         result["fwd_mb"] = _peak_mb(fn)
@@ -86,7 +106,10 @@ def measure(spec: dict) -> dict:
     except Exception as err:  # e.g. a peer without a backward on this device
         backward_error = f"no backward: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
         result["note"] = "; ".join(x for x in (note, backward_error) if x)
-    result["memory_method"] = "VmHWM" if _can_reset_hwm() else "ru_maxrss"
+    if DEVICE.type == "cuda":
+        result["memory_method"] = "torch.cuda.max_memory_allocated"
+    else:
+        result["memory_method"] = "VmHWM" if _can_reset_hwm() else "ru_maxrss"
     return result
 
 
@@ -101,8 +124,10 @@ def _time_ms(fn: Callable, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        _sync()
         t0 = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times)
 
@@ -134,6 +159,13 @@ def _trim() -> None:
 
 def _peak_mb(fn: Callable) -> float:
     _trim()
+    if DEVICE.type == "cuda":  # GPU memory: the allocator's peak over what was allocated before
+        _sync()
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        base = torch.cuda.memory_allocated(DEVICE)
+        fn()
+        _sync()
+        return (torch.cuda.max_memory_allocated(DEVICE) - base) / 2**20
     if _can_reset_hwm():
         base = _rss_kb("VmRSS")
         _can_reset_hwm()
@@ -167,10 +199,14 @@ def _kernel_build() -> dict:
 def _gemm_rate(dtype: torch.dtype, n: int = 2048) -> float:
     """Dense GEMM rate at size n, shrunk (down to 256) while one call takes over 0.5 s: a dtype without
     hardware support (bf16 on an AVX2 CPU) runs at a few GFLOP/s and must not stall the bench."""
+    if DEVICE.type == "cuda":
+        n = 8192
     while True:
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a, b = (torch.randn(n, n, dtype=dtype, device=DEVICE) for _ in range(2))
+        _sync()
         t0 = time.perf_counter()
         torch.mm(a, b)
+        _sync()
         if time.perf_counter() - t0 < 0.5 or n <= 256:
             break
         n //= 2
@@ -189,7 +225,7 @@ def _build(spec: dict):
     dilation = spec["dilation"] * H if len(spec["dilation"]) == 1 else spec["dilation"]
     dilated = max(dilation) > 1
     impl = spec["impl"]
-    q, k, v = (torch.randn(B, H, T, D, dtype=dtype, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(B, H, T, D, dtype=dtype, device=DEVICE, requires_grad=True) for _ in range(3))
     if impl == "sdpa-dense":
         fn = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
         return fn, [q, k, v], "full T x T attention", False
@@ -197,15 +233,23 @@ def _build(spec: dict):
         return _transformers(B, H, T, D, w, n_glob, dtype, causal, dilated)
     if impl == "local-attention":
         return _local_attention(q, k, v, w, causal, n_glob, dilated)
-    if impl == "flex":
-        return _flex(q, k, v, w, causal, n_glob, dilated)
+    if impl == "flash-attn":
+        return _flash_attn(B, H, T, D, w, n_glob, dtype, causal, dilated)
+    if impl == "compiled" and DEVICE.type != "cpu":
+        return None, [], "CPU kernel", False
     from longformer.attention import sliding_window_attention
 
-    glob = torch.zeros(B, T, dtype=torch.bool)
+    glob = torch.zeros(B, T, dtype=torch.bool, device=DEVICE)
     glob[:, :n_glob] = True
     fn = lambda: sliding_window_attention(
         q, k, v, w, dilation=dilation, causal=causal, global_attention_mask=glob, impl=impl
     )
+    if impl == "flex":
+        if DEVICE.type == "cuda":
+            return fn, [q, k, v], "torch.compile'd flex_attention (dynamic shapes)", True
+        if B * H * T * T > 2**28:  # eager flex holds several (B, H, T, T) fp32 tensors at once
+            return None, [], "eager CPU flex skipped above 2^28 scores (it materialises T x T)", False
+        return fn, [q, k, v], "eager flex: torch's unfused path (T x T scores per call)", False
     return fn, [q, k, v], "", False
 
 
@@ -222,11 +266,11 @@ def _transformers(B, H, T, D, w, n_glob, dtype, causal, dilated):
     config = LongformerConfig(
         hidden_size=H * D, num_attention_heads=H, attention_window=[2 * w], attention_probs_dropout_prob=0.0
     )
-    attn = LongformerSelfAttention(config, layer_id=0).to(dtype)
+    attn = LongformerSelfAttention(config, layer_id=0).to(dtype=dtype, device=DEVICE)
     for name in ("query", "key", "value", "query_global", "key_global", "value_global"):
         setattr(attn, name, torch.nn.Identity())  # time the attention core only, not projections
-    x = torch.randn(B, T, H * D, dtype=dtype, requires_grad=True)
-    mask = torch.zeros(B, T, dtype=dtype)
+    x = torch.randn(B, T, H * D, dtype=dtype, device=DEVICE, requires_grad=True)
+    mask = torch.zeros(B, T, dtype=dtype, device=DEVICE)
     mask[:, :n_glob] = 10000.0  # transformers' layer-level convention: +10000 = global, 0 = local
     is_masked, is_glob = mask < 0, mask > 0
     any_glob = bool(is_glob.any())
@@ -254,66 +298,17 @@ def _local_attention(q, k, v, w, causal, n_glob, dilated):
     return (lambda: attn(q, k, v)), [q, k, v], note, False
 
 
-def _flex(q, k, v, w, causal, n_glob, dilated):
+def _flash_attn(B, H, T, D, w, n_glob, dtype, causal, dilated):
+    """flash-attn's sliding window: ``flash_attn_func(window_size=(w, w))`` (left, right; right 0 when
+    causal) on (B, T, H, D) inputs. CUDA and fp16/bf16 only; no global tokens, no dilation."""
     try:
-        from torch.nn.attention.flex_attention import BlockMask, flex_attention
+        from flash_attn import flash_attn_func
     except ImportError:
-        return None, [], "flex_attention unavailable", False
+        return None, [], "flash_attn not installed", False
+    if DEVICE.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return None, [], "needs CUDA and fp16/bf16", False
     if dilated:
-        return None, [], "dilation not built", False
-    T = q.shape[2]
-    block = 128
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        ok = ((q_idx - kv_idx).abs() <= w) | (q_idx < n_glob) | (kv_idx < n_glob)
-        if causal:
-            ok = ok & (kv_idx <= q_idx)
-        return ok
-
-    bm = _band_block_mask(BlockMask, T, w, n_glob, causal, block, mask_mod)
-    compiled = torch.compile(flex_attention, dynamic=False)
-
-    def fn():
-        # under no_grad, inputs without requires_grad: CPU flex refuses inputs that require grad
-        args = (q, k, v) if torch.is_grad_enabled() else (q.detach(), k.detach(), v.detach())
-        return compiled(*args, block_mask=bm)
-
-    return fn, [q, k, v], "torch.compile(flex_attention); full/partial block mask built per block", True
-
-
-def _band_block_mask(BlockMask, T, w, n_glob, causal, block, mask_mod):
-    """The BlockMask of band + leading globals (+ causal) built block by block: O((T/block)^2) small
-    integers at most, never a T x T tensor. Blocks wholly inside the pattern are listed as full (no
-    mask_mod call), the ones it cuts as partial, the same split `create_block_mask` finds."""
-    nq = -(-T // block)
-    partial, full = [], []
-    for qb in range(nq):
-        q0, q1 = qb * block, min(T, (qb + 1) * block) - 1
-        p_row, f_row = [], []
-        for kb in range(nq):
-            k0, k1 = kb * block, min(T, (kb + 1) * block) - 1
-            if causal and k0 > q1:
-                continue
-            # a block cut by the end of the sequence stays partial (as create_block_mask has it)
-            all_causal = (not causal or k1 <= q0) and q1 - q0 == k1 - k0 == block - 1
-            if (q1 < n_glob or k1 < n_glob) and all_causal:
-                f_row.append(kb)  # every row global, or every key global
-            elif max(q1 - k0, k1 - q0) <= w and all_causal:
-                f_row.append(kb)  # the whole block lies inside the band
-            elif q0 < n_glob or k0 < n_glob or (q0 - k1 <= w and k0 - q1 <= w):
-                p_row.append(kb)  # some pairs are in (a global row or key, or the band's edge)
-        partial.append(p_row)
-        full.append(f_row)
-
-    def pack(rows):
-        idx = torch.zeros(1, 1, nq, nq, dtype=torch.int32)  # flex wants one column per key block
-        num = torch.zeros(1, 1, nq, dtype=torch.int32)
-        for qb, r in enumerate(rows):
-            idx[0, 0, qb, : len(r)] = torch.tensor(r, dtype=torch.int32)
-            num[0, 0, qb] = len(r)
-        return num, idx
-
-    num, idx = pack(partial)
-    full_num, full_idx = pack(full)
-    return BlockMask.from_kv_blocks(num, idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=mask_mod,
-                                    seq_lengths=(T, T))
+        return None, [], "no dilation", False
+    q, k, v = (torch.randn(B, T, H, D, dtype=dtype, device=DEVICE, requires_grad=True) for _ in range(3))
+    fn = lambda: flash_attn_func(q, k, v, causal=causal, window_size=(w, 0 if causal else w))
+    return fn, [q, k, v], "window only (no global tokens)" if n_glob else "", False

@@ -27,9 +27,17 @@ What is timed for each implementation (q, k, v: (B, H, T, D) random, scale D^-0.
 - ``local-attention``: lucidrains' ``LocalAttention(window_size=w, exact_windowsize=True,
   look_backward=1, look_forward=1 (0 if causal), autopad=True)``: buckets of w, each query scores 3w
   keys and masks them to the exact +-w window. No global tokens, no dilation.
-- ``flex``: ``torch.compile(flex_attention)`` with a ``BlockMask`` built directly from the band's block
-  structure (never a T x T tensor) and a mask_mod for band + global tokens (+ causal). Its backward
-  is measured when it runs on this device; otherwise reported as missing. No dilation.
+- ``flash-attn``: ``flash_attn_func(q, k, v, causal, window_size=(w, w))`` (right 0 when causal), the
+  sliding window of flash-attention, when ``flash_attn`` is importable: CUDA, fp16/bf16, no global
+  tokens, no dilation.
+- ``flex`` is a library implementation (``impl="flex"``, attention/flex.py): on CUDA it runs
+  ``torch.compile``'d flex_attention and its one-time compile cost (forward, then backward) is
+  reported apart from the timings; on the CPU it is torch's eager flex (T x T scores), a correctness
+  path whose numbers only say that.
+
+``--device cuda`` runs every row on the GPU (default lengths 4096 16384 65536): time with
+``torch.cuda.synchronize`` around each call, peak memory as ``torch.cuda.max_memory_allocated`` over
+what was allocated before the call (inputs excluded); the CPU-only ``compiled`` kernel is skipped.
 """
 from __future__ import annotations
 
@@ -41,13 +49,15 @@ import sys
 
 from .._files import atomic_write_text
 
-PEERS = ("sdpa-dense", "transformers", "local-attention", "flex")
+PEERS = ("sdpa-dense", "transformers", "local-attention", "flash-attn")
 WORKER = "from longformer.bench.attention import _worker; _worker()"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=None,
-                        help="sequence lengths T (default 1024 4096 16384; 4096 with --variants)")
+                        help="sequence lengths T (default 1024 4096 16384, with --device cuda 4096 16384 65536; "
+                        "4096 with --variants)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every row runs (default cpu)")
     parser.add_argument("--window", type=int, default=256, help="one-sided window w (default 256)")
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--head-dim", type=int, default=64)
@@ -76,8 +86,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.quick:
         args.lengths, args.repeats = [512, 1024, 2048], 1
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: torch.cuda.is_available() is False here; run on a machine with a GPU or use --device cpu")
     if args.lengths is None:
-        args.lengths = [4096] if args.variants else [1024, 4096, 16384]
+        args.lengths = [4096] if args.variants else [4096, 16384, 65536] if args.device == "cuda" else [1024, 4096, 16384]
     dilation = [int(x) for x in str(args.dilation).split(",")]
     if len(dilation) not in (1, args.heads) or min(dilation) < 1:
         raise ValueError(f"--dilation must be one int >= 1 or {args.heads} comma-separated ints, got {args.dilation!r}")
@@ -85,13 +100,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--lengths and --repeats must be >= 1, --window and --globals >= 0")
     ours = [i for i in IMPLS if i not in ("auto", "reference")]
     known = ours + ["reference", *PEERS]
-    impls = args.impls or ours + list(PEERS)
+    cpu_only = ("compiled",) if args.device == "cuda" else ("flash-attn",)
+    impls = args.impls or [i for i in ours + list(PEERS) if i not in cpu_only]
     for name in impls:
         if name not in known:
             raise ValueError(f"--impls: unknown implementation {name!r}, expected some of {known}")
     base = dict(
         window=args.window, heads=args.heads, head_dim=args.head_dim, batch=args.batch, dtype=args.dtype,
-        globals=args.globals, dilation=dilation, causal=args.causal, repeats=args.repeats,
+        globals=args.globals, dilation=dilation, causal=args.causal, repeats=args.repeats, device=args.device,
     )
     if args.variants:
         return _run_variants(args, base, [i for i in impls if i in ours] or ours)
@@ -113,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
                 args.timeout,
             )
             report.setdefault("growth_interleaved", {})[impl] = got.get("results") or got
-    if "compiled" in impls:
+    if "compiled" in impls and args.device == "cpu":
         report["kernel_build"] = _in_subprocess(dict(base, impl="build", T=0), args.timeout)
     text = _format(report, ours)
     print(text)
@@ -222,7 +238,8 @@ def _format(report: dict, ours: list[str]) -> str:
     lines = [
         f"Longformer attention: w={cfg['window']} H={cfg['heads']} D={cfg['head_dim']} B={cfg['batch']} "
         f"{cfg['dtype']} globals={cfg['globals']} dilation={cfg['dilation']} causal={cfg['causal']} "
-        f"(median of {cfg['repeats']}; peak = RSS rise, inputs excluded)",
+        f"on {cfg.get('device', 'cpu')} (median of {cfg['repeats']}; peak = "
+        f"{'CUDA max_memory_allocated' if cfg.get('device') == 'cuda' else 'RSS'} rise, inputs excluded)",
         "dense GEMM rate in this run (start, end): " + ", ".join(f"{g:.0f} GFLOP/s" for g in gemm),
     ]
     build = report.get("kernel_build")
@@ -241,6 +258,8 @@ def _format(report: dict, ours: list[str]) -> str:
         for impl in impls:
             r = by.get((impl, T), {})
             note = r.get("error") or r.get("note") or ""
+            if r.get("compile_bwd_s") is not None:
+                note = f"backward compile {r['compile_bwd_s']:.1f} s; " + note
             lines.append(
                 f"{T:>6} {impl:<16} {_fmt(r.get('fwd_ms')):>9} {_fmt(r.get('fb_ms')):>9} "
                 f"{_fmt(r.get('fwd_mb')):>8} {_fmt(r.get('fb_mb')):>8} {_fmt(r.get('compile_s')):>9}  {note}"

@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modes", type=str, default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     parser.add_argument("--json", type=str, default=None, metavar="PATH", help="also write the results as JSON ('-' = stdout)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where both models run (default cpu); on cuda peak memory is torch.cuda.max_memory_allocated")
+    parser.add_argument("--attention-impl", default="auto",
+                        help="impl of our encoder's attention (default auto; e.g. blocked or flex on cuda)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,11 +62,23 @@ def run(args: argparse.Namespace) -> int:
               f"0 <= --global-tokens <= --length; got hidden={args.hidden}, heads={args.heads}, "
               f"window={args.window}, global_tokens={args.global_tokens}")
         return 2
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("longformer bench model: error: --device cuda but torch.cuda.is_available() is False; use --device cpu")
+            return 2
+    from longformer.attention import IMPLS as ATTENTION_IMPLS
+
+    if args.attention_impl not in ATTENTION_IMPLS:
+        print(f"longformer bench model: error: --attention-impl must be one of {ATTENTION_IMPLS}, got {args.attention_impl!r}")
+        return 2
     with tempfile.TemporaryDirectory(prefix="longformer-bench-model-") as tmp:
         model_dir = Path(tmp) / "model"
         make_checkpoint(model_dir, args)
         spec = {"model_dir": str(model_dir), "length": args.length, "batch": args.batch, "vocab": 50265,
-                "global_tokens": args.global_tokens, "repeats": args.repeats, "threads": args.threads}
+                "global_tokens": args.global_tokens, "repeats": args.repeats, "threads": args.threads,
+                "device": args.device, "attention_impl": args.attention_impl}
         jobs = [(mode, impl) for mode in modes for impl in IMPLS]
         results: dict[str, dict[str, Any]] = {m: {} for m in modes}
         for mode, impl in tqdm(jobs, desc="bench model (fresh process each)", file=sys.stderr):
@@ -114,7 +130,7 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]], max_
             "speedup_goal": GOALS[mode],
         }
     config = {k: getattr(args, k) for k in ("layers", "length", "window", "hidden", "heads", "intermediate", "batch",
-                                           "global_tokens", "repeats")}
+                                           "global_tokens", "repeats", "device", "attention_impl")}
     return {"config": config, "threads": next(iter(next(iter(results.values())).values()))["threads"],
             "max_abs_diff_fp32_output": max_diff, "results": rows}
 
@@ -123,7 +139,8 @@ def print_report(report: dict[str, Any]) -> None:
     c = report["config"]
     print(f"\nbench model: {c['layers']} layers x {c['hidden']} ({c['heads']} heads, FFN {c['intermediate']}), "
           f"B={c['batch']}, T={c['length']}, w={c['window']} (HF attention_window {2 * c['window']}), "
-          f"{c['global_tokens']} global token(s), {report['threads']} threads; median of {c['repeats']} runs after a warm-up")
+          f"{c['global_tokens']} global token(s), {report['threads']} threads, on {c.get('device', 'cpu')} "
+          f"(our attention impl={c.get('attention_impl', 'auto')}); median of {c['repeats']} runs after a warm-up")
     if report["max_abs_diff_fp32_output"] is not None:
         print(f"same weights check: max |ours - transformers| on the fp32 output = {report['max_abs_diff_fp32_output']:.2e}")
     print(f"  {'mode':14} {'transformers':>13} {'ours':>9} {'speed-up':>9} {'goal':>6}   "
@@ -134,7 +151,10 @@ def print_report(report: dict[str, Any]) -> None:
         mem_goal = f" (goal <= {TRAIN_MEMORY_GOAL}x)" if mode == "train-fp32" else ""
         print(f"  {mode:14} {hf['seconds']:>12.3f}s {ours['seconds']:>8.3f}s {r['speedup']:>8.2f}x {goal:>6}   "
               f"{hf['extra_peak_mb']:>12.0f} {ours['extra_peak_mb']:>14.0f} {r['memory_ratio']:>7.2f}x{mem_goal}")
-    print("  peak MB = peak RSS during the runs minus RSS with the model loaded (weights and inputs excluded)")
+    if c.get("device") == "cuda":
+        print("  peak MB = torch.cuda.max_memory_allocated during the runs minus the allocation with the model loaded")
+    else:
+        print("  peak MB = peak RSS during the runs minus RSS with the model loaded (weights and inputs excluded)")
 
 
 # ----------------------------------------------------------------------------- worker (fresh process)
@@ -161,10 +181,11 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
+    device = torch.device(spec.get("device", "cpu"))
     if spec["impl"] == "ours":
         from longformer.encoder import LongformerModel
 
-        model = LongformerModel.from_pretrained(spec["model_dir"])
+        model = LongformerModel.from_pretrained(spec["model_dir"], impl=spec.get("attention_impl", "auto"))
     else:
         import transformers
 
@@ -172,6 +193,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     mode = spec["mode"]
     if mode == "forward-bf16":
         model = model.to(torch.bfloat16)
+    model = model.to(device)
     g = torch.Generator().manual_seed(1)
     B, T = spec["batch"], spec["length"]
     ids = torch.randint(3, spec["vocab"], (B, T), generator=g)
@@ -179,7 +201,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     mask = torch.ones(B, T, dtype=torch.long)
     global_mask = torch.zeros(B, T, dtype=torch.long)
     global_mask[:, : spec["global_tokens"]] = 1
-    inputs = {"input_ids": ids, "attention_mask": mask, "global_attention_mask": global_mask}
+    inputs = {k: t.to(device) for k, t in
+              (("input_ids", ids), ("attention_mask", mask), ("global_attention_mask", global_mask))}
     train = mode == "train-fp32"
     model.train(train)
 
@@ -192,18 +215,26 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         with torch.inference_mode():
             return model(**inputs).last_hidden_state
 
+    cuda = device.type == "cuda"
     gc.collect()
-    before, _ = _rss_mb()
-    with open("/proc/self/clear_refs", "w") as f:  # peak RSS starts again from here (Linux >= 4.0)
-        f.write("5")
+    if cuda:  # GPU memory: the allocator's own peak, from what the loaded model holds
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device) / 2**20
+    else:
+        before, _ = _rss_mb()
+        with open("/proc/self/clear_refs", "w") as f:  # peak RSS starts again from here (Linux >= 4.0)
+            f.write("5")
     seconds = []
     for _ in range(1 + spec["repeats"]):
         start = time.perf_counter()
         out = step()
+        if cuda:
+            torch.cuda.synchronize(device)
         seconds.append(time.perf_counter() - start)
-    _, peak = _rss_mb()
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _rss_mb()[1]
     if spec.get("output_path"):
-        torch.save(out.float().clone(), spec["output_path"])
+        torch.save(out.float().cpu().clone(), spec["output_path"])
     return {"seconds": statistics.median(seconds[1:]), "all_seconds": seconds, "rss_before_mb": before,
             "peak_mb": peak, "extra_peak_mb": peak - before, "threads": torch.get_num_threads()}
 
