@@ -35,12 +35,15 @@
 #include <algorithm>
 #include <vector>
 
+// MR x NR accumulators: 6 x 2 vectors of the 16 AVX2 registers; AVX-512 has 32, and 8 rows divide the
+// 64-query blocks exactly (6 would compute 66 rows for 64)
 #if defined(__AVX512F__)
 #define VW 16
+#define MR 8
 #else
 #define VW 8
-#endif
 #define MR 6
+#endif
 #define NR (2 * VW)
 
 typedef float vf __attribute__((vector_size(VW * 4)));
@@ -193,30 +196,28 @@ static inline vf vexp(vf x) {
 template <class E>
 static void kernel(long K, const E *A, long ars, long acs, const E *B, long ldb, float *C, long ldc, int mr,
                    bool accumulate) {
-    vf c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {};
-    vf c30 = {}, c31 = {}, c40 = {}, c41 = {}, c50 = {}, c51 = {};
-    const E *a1 = A + ars, *a2 = A + 2 * ars, *a3 = A + 3 * ars, *a4 = A + 4 * ars, *a5 = A + 5 * ars;
+    // MR x 2 accumulators held in registers (the loops over i are unrolled, so the array is scalarised)
+    vf acc[MR][2];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) acc[i][0] = vf{}, acc[i][1] = vf{};
     for (long p = 0; p < K; p++) {
         const auto b0 = vload(B), b1 = vload(B + VW);
-        const long o = p * acs;
-        auto a = vbcast(A[o]);
-        c00 = madd(c00, a, b0), c01 = madd(c01, a, b1);
-        a = vbcast(a1[o]), c10 = madd(c10, a, b0), c11 = madd(c11, a, b1);
-        a = vbcast(a2[o]), c20 = madd(c20, a, b0), c21 = madd(c21, a, b1);
-        a = vbcast(a3[o]), c30 = madd(c30, a, b0), c31 = madd(c31, a, b1);
-        a = vbcast(a4[o]), c40 = madd(c40, a, b0), c41 = madd(c41, a, b1);
-        a = vbcast(a5[o]), c50 = madd(c50, a, b0), c51 = madd(c51, a, b1);
+        const E *ap = A + p * acs;
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) {
+            const auto a = vbcast(ap[i * ars]);
+            acc[i][0] = madd(acc[i][0], a, b0), acc[i][1] = madd(acc[i][1], a, b1);
+        }
         B += ldb;
     }
-    const vf rows[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
     for (int i = 0; i < mr; i++) {
         float *c = C + i * ldc;
         if (accumulate) {
-            vst(c, vld(c) + rows[i][0]);
-            vst(c + VW, vld(c + VW) + rows[i][1]);
+            vst(c, vld(c) + acc[i][0]);
+            vst(c + VW, vld(c + VW) + acc[i][1]);
         } else {
-            vst(c, rows[i][0]);
-            vst(c + VW, rows[i][1]);
+            vst(c, acc[i][0]);
+            vst(c + VW, acc[i][1]);
         }
     }
 }
@@ -266,8 +267,16 @@ E *grow(std::vector<E> &v, long n, bool zero) {
 float *fbuf(int i, long n, bool zero) { return grow(scratch.f[i], n, zero); }
 uint32_t *wbuf(int i, long n, bool zero) { return grow(scratch.w[i], n, zero); }
 
+// Element strides of a (B, H, T, D) array along B, H and T; along D it is 1. The layers pass q, k, v as
+// the projections make them, (B, T, H, D) memory, and take the output in that layout: no copies.
+struct Strides {
+    long b, h, t;
+    long at(long bi, long hi, long ti) const { return bi * b + hi * h + ti * t; }
+};
+
 struct Problem {
     long B, H, T, D, Dp, window, causal, block, Gmax;
+    Strides sq, sk, sv, so, sdo, sdq, sdk, sdv;  // of q, k, v, out, dout, dq, dk, dv
     int dtype;   // of q, k, v, dout and out (Dtype)
     bool dot16;  // forward with bf16 pair products (dtype is BF16)
     const long *dil;
@@ -329,10 +338,8 @@ void plan(const Problem &P, int threads, std::vector<Seq> &seqs, std::vector<Ite
     }
 }
 
-inline long row_off(const Problem &P, const Seq &s, long slot) {  // element offset of a row of (B, H, T, D)
-    return ((s.b * P.H + s.h) * P.T + s.m + slot * s.r) * P.D;
-}
-inline long head_off(const Problem &P, const Seq &s, long pos) { return ((s.b * P.H + s.h) * P.T + pos) * P.D; }
+inline long row_off(const Strides &x, const Seq &s, long slot) { return x.at(s.b, s.h, s.m + slot * s.r); }
+inline long head_off(const Strides &x, const Seq &s, long pos) { return x.at(s.b, s.h, pos); }
 
 // Per-item buffers and the packed keys/values of the item's key range (zero outside the sequence).
 // fp32 (Kp, Vp, Kg, Vg: rows of Dp floats), or with P.dot16 bf16 pairs: keys as rows of Dp / 2 pairs
@@ -383,14 +390,14 @@ struct Work {
         for (long i = 0; i < rows; i++) {
             long j = first + i;
             if (j < 0 || j >= s.Tr) continue;
-            load_row(P.dtype, k, row_off(P, s, j), &Kp[i * Dp], D, 1.0f);
-            load_row(P.dtype, v, row_off(P, s, j), &Vp[i * Dp], D, 1.0f);
+            load_row(P.dtype, k, row_off(P.sk, s, j), &Kp[i * Dp], D, 1.0f);
+            load_row(P.dtype, v, row_off(P.sv, s, j), &Vp[i * Dp], D, 1.0f);
         }
         Kg = fbuf(2, Gp * Dp, true);
         Vg = fbuf(3, Gp * Dp, true);
         for (long i = 0; i < G; i++) {
-            load_row(P.dtype, k, head_off(P, s, gpos[i]), &Kg[i * Dp], D, 1.0f);
-            load_row(P.dtype, v, head_off(P, s, gpos[i]), &Vg[i * Dp], D, 1.0f);
+            load_row(P.dtype, k, head_off(P.sk, s, gpos[i]), &Kg[i * Dp], D, 1.0f);
+            load_row(P.dtype, v, head_off(P.sv, s, gpos[i]), &Vg[i * Dp], D, 1.0f);
         }
     }
 
@@ -404,17 +411,17 @@ struct Work {
         for (long i = 0; i < rows; i++) {
             long j = first + i;
             if (j < 0 || j >= s.Tr) continue;
-            const long o = row_off(P, s, j);
-            memcpy(&kb[i * Dp], &k16[o], D * sizeof(uint16_t));
-            for (long d = 0; d < D; d++) v2[((i / 2) * Dp + d) * 2 + (i & 1)] = v16[o + d];
+            const long ok = row_off(P.sk, s, j), ov = row_off(P.sv, s, j);
+            memcpy(&kb[i * Dp], &k16[ok], D * sizeof(uint16_t));
+            for (long d = 0; d < D; d++) v2[((i / 2) * Dp + d) * 2 + (i & 1)] = v16[ov + d];
         }
         Kgb = wbuf(2, Gp * Dp / 2, true);
         Vg2 = wbuf(3, Gp / 2 * Dp, true);
         uint16_t *kg = (uint16_t *)Kgb, *vg = (uint16_t *)Vg2;
         for (long i = 0; i < G; i++) {
-            const long o = head_off(P, s, gpos[i]);
-            memcpy(&kg[i * Dp], &k16[o], D * sizeof(uint16_t));
-            for (long d = 0; d < D; d++) vg[((i / 2) * Dp + d) * 2 + (i & 1)] = v16[o + d];
+            const long ok = head_off(P.sk, s, gpos[i]), ov = head_off(P.sv, s, gpos[i]);
+            memcpy(&kg[i * Dp], &k16[ok], D * sizeof(uint16_t));
+            for (long d = 0; d < D; d++) vg[((i / 2) * Dp + d) * 2 + (i & 1)] = v16[ov + d];
         }
     }
 
@@ -433,48 +440,61 @@ struct Work {
     }
     long key_pos(long i0, long l) const { return s.m + (i0 - g.left + l) * s.r; }  // of window row l
 
-    // Zeroes the (Dp x c) transpose t and, if given, the (c x Dp) copy n of a block's rows.
-    void clear_rows(float *t, float *n) const {
-        memset(t, 0, P.Dp * g.c * sizeof(float));
-        if (n) memset(n, 0, g.c * P.Dp * sizeof(float));
-    }
-
-    // Row a (D floats) of a block into the transpose t and, if given, the copy n.
-    void put_row(long a, const float *src, float *t, float *n) const {
-        for (long d = 0; d < P.D; d++) t[d * g.c + a] = src[d];
-        if (n) memcpy(&n[a * P.Dp], src, P.D * sizeof(float));
-    }
-
-    // (Dp x c) transpose of the block's rows of x (scaled), and optionally the (c x Dp) copy.
-    void pack_rows(const void *x, long i0, float scale, float *t, float *n) const {
-        float *src = fbuf(19, P.D, false);
-        clear_rows(t, n);
-        for (long a = 0; a < g.c && i0 + a < s.Tr; a++) {
-            load_row(P.dtype, x, row_off(P, s, i0 + a), src, P.D, scale);
-            put_row(a, src, t, n);
+    // The (Dp x c) transpose t of the (c x Dp) rows n (zero beyond D): VW rows at a time, one gathered
+    // vector per d. Element-wise scattered stores (64 per row, each to another cache line) took 13% of
+    // the forward on an AVX-512 CPU.
+    void transpose_rows(const float *n, float *t) const {
+        const long c = g.c, Dp = P.Dp;
+        for (long a0 = 0; a0 < c; a0 += VW) {
+            const float *src = n + a0 * Dp;
+#if defined(__AVX512F__)
+            const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                   _mm512_set1_epi32((int)Dp));
+            for (long d = 0; d < Dp; d++) vst(&t[d * c + a0], (vf)_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, idx, src + d, 4));
+#elif defined(__AVX2__)
+            const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)Dp));
+            for (long d = 0; d < Dp; d++) vst(&t[d * c + a0], (vf)_mm256_i32gather_ps(src + d, idx, 4));
+#else
+            for (long d = 0; d < Dp; d++)
+                for (long a = 0; a < VW; a++) t[d * c + a0 + a] = src[a * Dp + d];
+#endif
         }
+    }
+
+    // (Dp x c) transpose t of the block's rows of x (scaled), and their (c x Dp) copy n (scratch if null);
+    // rows past the sequence and columns past D are zero.
+    void pack_rows(const void *x, const Strides &xs, long i0, float scale, float *t, float *n) const {
+        const long Dp = P.Dp;
+        if (!n) n = fbuf(19, g.c * Dp, false);
+        memset(n, 0, g.c * Dp * sizeof(float));
+        for (long a = 0; a < g.c && i0 + a < s.Tr; a++) load_row(P.dtype, x, row_off(xs, s, i0 + a), &n[a * Dp], P.D, scale);
+        transpose_rows(n, t);
     }
 
     // pack_rows for dO (unscaled), plus delta = rowsum(dO * O) of each row, written to delta_out (B, H, T)
     // and kept in Dl (c). Global rows take their gradient from part 3 (done in torch with delta_out):
     // here their dO and delta are zero.
     void pack_dout(const void *dout, const void *out, long i0, float *t, float *n, float *Dl, float *delta_out) const {
-        const long D = P.D;
-        float *src = fbuf(19, 2 * D, false), *o = src + D;
-        clear_rows(t, n);
+        const long D = P.D, Dp = P.Dp;
+        float *o = fbuf(19, D, false);
+        memset(n, 0, g.c * Dp * sizeof(float));
         for (long a = 0; a < g.c; a++) {
             Dl[a] = 0.0f;
             if (i0 + a >= s.Tr) continue;
             const long pos = s.m + (i0 + a) * s.r;
-            load_row(P.dtype, dout, row_off(P, s, i0 + a), src, D, 1.0f);
-            load_row(P.dtype, out, row_off(P, s, i0 + a), o, D, 1.0f);
+            float *src = &n[a * Dp];
+            load_row(P.dtype, dout, row_off(P.sdo, s, i0 + a), src, D, 1.0f);
+            load_row(P.dtype, out, row_off(P.so, s, i0 + a), o, D, 1.0f);
             float dl = 0.0f;
             for (long d = 0; d < D; d++) dl += src[d] * o[d];
             delta_out[(s.b * P.H + s.h) * P.T + pos] = dl;
-            if (P.row_global && P.row_global[s.b * P.T + pos]) continue;
+            if (P.row_global && P.row_global[s.b * P.T + pos]) {
+                memset(src, 0, D * sizeof(float));
+                continue;
+            }
             Dl[a] = dl;
-            put_row(a, src, t, n);
         }
+        transpose_rows(n, t);
     }
 
     // (Dp / 2 x c) pairs along d of the block's rows of the bf16 array x (unscaled), the B operand of
@@ -485,7 +505,7 @@ struct Work {
         uint16_t *t16 = (uint16_t *)t;
         memset(t, 0, Dp / 2 * c * sizeof(uint32_t));
         for (long a = 0; a < c && i0 + a < s.Tr; a++) {
-            const long o = row_off(P, s, i0 + a);
+            const long o = row_off(P.sq, s, i0 + a);
             for (long d = 0; d < D; d++) t16[((d / 2) * c + a) * 2 + (d & 1)] = x16[o + d];
         }
     }
@@ -615,7 +635,7 @@ static void forward_item(const Problem &P, const Seq &s, const Item &it, const v
         if (P.dot16)
             w.pack_rows_pairs(q, i0, Q2);
         else
-            w.pack_rows(q, i0, P.scale, Qt, nullptr);
+            w.pack_rows(q, P.sq, i0, P.scale, Qt, nullptr);
         w.scores(Qt, Q2, w0, i0, St, Sg);
         w.softmax(i0, P.dot16 ? P.scale : 1.0f, St, Sg, mx, sm);
         // O = P V over the band rows of each query tile, plus the global keys
@@ -637,7 +657,7 @@ static void forward_item(const Problem &P, const Seq &s, const Item &it, const v
         }
         for (long a = 0; a < c && i0 + a < s.Tr; a++) {
             const float inv = sm[a] > 0 ? 1.0f / sm[a] : 0.0f;
-            store_row(P.dtype, out, row_off(P, s, i0 + a), &O[a * Dp], P.D, inv);
+            store_row(P.dtype, out, row_off(P.so, s, i0 + a), &O[a * Dp], P.D, inv);
             lse[(s.b * P.H + s.h) * P.T + s.m + (i0 + a) * s.r] = sm[a] > 0 ? mx[a] + logf(sm[a]) : NEG_INF;
         }
     }
@@ -661,7 +681,7 @@ static void backward_item(const Problem &P, const Seq &s, const Item &it, const 
     const long head = (s.b * P.H + s.h) * P.T;
     for (long blk = it.blk0; blk < it.blk1; blk++) {
         const long i0 = blk * c, w0 = (blk - it.blk0) * c;
-        w.pack_rows(q, i0, P.scale, Qt, Qb);
+        w.pack_rows(q, P.sq, i0, P.scale, Qt, Qb);
         w.pack_dout(dout, out, i0, dOt, dOb, Dl, delta);
         for (long a = 0; a < c; a++) {
             L[a] = 0.0f;
@@ -726,7 +746,7 @@ static void backward_item(const Problem &P, const Seq &s, const Item &it, const 
             });
         }
         for (long a = 0; a < c && i0 + a < s.Tr; a++) {
-            float *dst = dq + (head + s.m + (i0 + a) * s.r) * P.D;
+            float *dst = dq + row_off(P.sdq, s, i0 + a);
             for (long d = 0; d < P.D; d++) dst[d] = dQ[a * Dp + d] * P.scale;
         }
     }
@@ -738,7 +758,7 @@ static void backward_item(const Problem &P, const Seq &s, const Item &it, const 
             // rows the band never uses (padding, global keys) have zero gradient here; skipping them also
             // keeps this unlocked path off the global-key rows that other threads update under the lock
             if (j < 0 || j >= s.Tr || !w.kok[i]) continue;
-            float *gk = dk + (head + s.m + j * s.r) * P.D, *gv = dv + (head + s.m + j * s.r) * P.D;
+            float *gk = dk + row_off(P.sdk, s, j), *gv = dv + row_off(P.sdv, s, j);
             for (long d = 0; d < P.D; d++) gk[d] += dKp[i * Dp + d], gv[d] += dVp[i * Dp + d];
         }
     };
@@ -751,7 +771,7 @@ static void backward_item(const Problem &P, const Seq &s, const Item &it, const 
     if (G) {
 #pragma omp critical(longformer_dk)
         for (long i = 0; i < G; i++) {
-            float *gk = dk + (head + w.gpos[i]) * P.D, *gv = dv + (head + w.gpos[i]) * P.D;
+            float *gk = dk + head_off(P.sdk, s, w.gpos[i]), *gv = dv + head_off(P.sdv, s, w.gpos[i]);
             for (long d = 0; d < P.D; d++) gk[d] += dKg[i * Dp + d], gv[d] += dVg[i * Dp + d];
         }
     }
@@ -770,9 +790,10 @@ struct GlobalRows {
     long b, h, t0, n, np, G, Gp, head;
     const int64_t *gpos;
     float *Qt, *St;
-    const float *Kc, *Vc;  // rows of Dp floats
+    const float *Kc, *Vc;  // rows of Dp floats, kls and vls floats apart
     uint32_t *rh;          // dropout row hashes of the global rows
     int32_t *last_key;     // per global row: the last key position it may see (-1: padding lane)
+    long kls, vls;
 
     GlobalRows(const Problem &P, long b, long h, long t0, long t1, const void *q, const void *k, const void *v)
         : P(P), b(b), h(h), t0(t0), n(t1 - t0), np(round_up(t1 - t0, MR)), G(P.gcount[b]), Gp(round_up(G, NR)),
@@ -784,24 +805,25 @@ struct GlobalRows {
         last_key = (int32_t *)fbuf(15, Gp, false);
         for (long g = 0; g < Gp; g++) last_key[g] = g >= G ? -1 : P.causal ? (int32_t)gpos[g] : INT32_MAX;
         for (long g = 0; g < G; g++) {
-            load_row(P.dtype, q, (head + gpos[g]) * D, row, D, P.scale);
+            load_row(P.dtype, q, P.sq.at(b, h, gpos[g]), row, D, P.scale);
             for (long d = 0; d < D; d++) Qt[d * Gp + g] = row[d];
             if (P.drop_thr) rh[g] = P.row_hash(b, h, gpos[g]);
         }
-        if (P.dtype == F32 && D == Dp && head + t0 + np <= P.B * P.H * P.T) {
-            // fp32 rows of Dp floats are read where they are (rows n .. np - 1 belong to the next head or
-            // batch element: in bounds, and masked): at small G this copy would cost as much as the work
-            Kc = (const float *)k + (head + t0) * D, Vc = (const float *)v + (head + t0) * D;
+        if (P.dtype == F32 && D == Dp && t0 + np <= P.T) {
+            // fp32 rows of Dp floats are read where they are (rows n .. np - 1, of later keys, are masked): at
+            // small G this copy would cost as much as the work
+            Kc = (const float *)k + P.sk.at(b, h, t0), Vc = (const float *)v + P.sv.at(b, h, t0);
+            kls = P.sk.t, vls = P.sv.t;
         } else {
             float *kc = fbuf(8, np * Dp, true), *vc = fbuf(9, np * Dp, true);
             for (long t = 0; t < n; t++) {
-                load_row(P.dtype, k, (head + t0 + t) * D, &kc[t * Dp], D, 1.0f);
-                load_row(P.dtype, v, (head + t0 + t) * D, &vc[t * Dp], D, 1.0f);
+                load_row(P.dtype, k, P.sk.at(b, h, t0 + t), &kc[t * Dp], D, 1.0f);
+                load_row(P.dtype, v, P.sv.at(b, h, t0 + t), &vc[t * Dp], D, 1.0f);
             }
-            Kc = kc, Vc = vc;
+            Kc = kc, Vc = vc, kls = vls = Dp;
         }
         St = fbuf(10, np * Gp + MR, false);
-        gemm(np, Gp, Kc, Dp, 1, Qt, Gp, St, Gp, false, [&](long, long &lo, long &hi) { lo = 0, hi = Dp; });
+        gemm(np, Gp, Kc, kls, 1, Qt, Gp, St, Gp, false, [&](long, long &lo, long &hi) { lo = 0, hi = Dp; });
     }
 
     // lanes g0 .. g0 + VW - 1 that may attend key row t (a valid key, causal order, a real global row)
@@ -845,7 +867,7 @@ static void global_rows_forward_item(const Problem &P, long b, long h, long t0, 
         vst(&l[g0], sum);
     }
     // o (Gp x Dp) = P^T V over the range's keys
-    gemm(Gp, Dp, St, 1, Gp, R.Vc, Dp, o, Dp, false, [&](long, long &lo, long &hi) { lo = 0, hi = R.n; });
+    gemm(Gp, Dp, St, 1, Gp, R.Vc, R.vls, o, Dp, false, [&](long, long &lo, long &hi) { lo = 0, hi = R.n; });
 }
 
 // Backward of the global rows of head (b, h) against keys [t0, t1): adds their share of dK and dV to
@@ -861,13 +883,13 @@ static void global_rows_backward_item(const Problem &P, long b, long h, long t0,
     for (long g = 0; g < G; g++) {
         const long pos = R.gpos[g];
         for (long d = 0; d < D; d++) Qn[g * Dp + d] = R.Qt[d * Gp + g];
-        load_row(P.dtype, dout, (head + pos) * D, row, D, 1.0f);
+        load_row(P.dtype, dout, P.sdo.at(b, h, pos), row, D, 1.0f);
         for (long d = 0; d < D; d++) dOt[d * Gp + g] = row[d], dOn[g * Dp + d] = row[d];
         L[g] = lse[head + pos];
         Dl[g] = delta[head + pos];
     }
     float *St = R.St, *dSt = fbuf(11, np * Gp + MR, false);
-    gemm(np, Gp, R.Vc, Dp, 1, dOt, Gp, dSt, Gp, false, [&](long, long &lo, long &hi) { lo = 0, hi = Dp; });
+    gemm(np, Gp, R.Vc, R.vls, 1, dOt, Gp, dSt, Gp, false, [&](long, long &lo, long &hi) { lo = 0, hi = Dp; });
     // P = exp(S - lse) where allowed, dS = P (dP - delta); with dropout (keep factor f): dV takes P f
     // and dS = P (dP f - delta)
     const vf ninf = vset(NEG_INF);
@@ -892,14 +914,14 @@ static void global_rows_backward_item(const Problem &P, long b, long h, long t0,
     auto all_g = [&](long, long &lo, long &hi) { lo = 0, hi = G; };
     gemm(np, Dp, St, Gp, 1, dOn, Dp, dVc, Dp, false, all_g);
     gemm(np, Dp, dSt, Gp, 1, Qn, Dp, dKc, Dp, false, all_g);
-    gemm(Gp, Dp, dSt, 1, Gp, R.Kc, Dp, dQ, Dp, false, [&](long, long &lo, long &hi) { lo = 0, hi = n; });
+    gemm(Gp, Dp, dSt, 1, Gp, R.Kc, R.kls, dQ, Dp, false, [&](long, long &lo, long &hi) { lo = 0, hi = n; });
     for (long t = 0; t < n; t++) {
-        float *gk = dk + (head + t0 + t) * D, *gv = dv + (head + t0 + t) * D;
+        float *gk = dk + P.sdk.at(b, h, t0 + t), *gv = dv + P.sdv.at(b, h, t0 + t);
         for (long d = 0; d < D; d++) gk[d] += dKc[t * Dp + d], gv[d] += dVc[t * Dp + d];
     }
 #pragma omp critical(longformer_dq)
     for (long g = 0; g < G; g++) {
-        float *gq = dq + (head + R.gpos[g]) * D;
+        float *gq = dq + P.sdq.at(b, h, R.gpos[g]);
         for (long d = 0; d < D; d++) gq[d] += dQ[g * Dp + d] * P.scale;
     }
 }
@@ -920,7 +942,8 @@ static Problem make_problem(const int64_t *cfg, const uint8_t *band_ok, const ui
                             const int64_t *gcount, float scale, const uint8_t *row_global = nullptr) {
     // cfg: B, H, T, D, window, causal, block, Gmax, dropout threshold (0: none), dropout seed, dtype (Dtype),
     // bf16 pair products in the forward (0: never, 1: where the CPU has them, 2: always, emulated where
-    // it has not), then H dilations
+    // it has not), the (B, H, T) element strides of q, k, v, out, dout, dq, dk, dv (24 values; a tensor
+    // a call does not take may have any), then H dilations
     Problem P;
     P.B = cfg[0], P.H = cfg[1], P.T = cfg[2], P.D = cfg[3], P.window = cfg[4], P.causal = cfg[5], P.block = cfg[6];
     P.Gmax = cfg[7];
@@ -929,7 +952,9 @@ static Problem make_problem(const int64_t *cfg, const uint8_t *band_ok, const ui
     P.keep_scale = P.drop_thr ? (float)(1.0 / (1.0 - (double)P.drop_thr / 4294967296.0)) : 1.0f;
     P.dtype = (int)cfg[10];
     P.dot16 = P.dtype == BF16 && (cfg[11] == 2 || (cfg[11] == 1 && BF16_DOT_NATIVE));
-    P.dil = (const long *)(cfg + 12);
+    Strides *st[8] = {&P.sq, &P.sk, &P.sv, &P.so, &P.sdo, &P.sdq, &P.sdk, &P.sdv};
+    for (int i = 0; i < 8; i++) *st[i] = {cfg[12 + 3 * i], cfg[13 + 3 * i], cfg[14 + 3 * i]};
+    P.dil = (const long *)(cfg + 36);
     P.band_ok = band_ok, P.key_valid = key_valid, P.gpos = gpos, P.gcount = gcount, P.scale = scale;
     P.row_global = row_global;
     return P;
@@ -972,7 +997,7 @@ void lf_global_rows_forward(const int64_t *cfg, const void *q, const void *k, co
                     for (long d = 0; d < D; d++) o[d] += part[2 * Gb + g * P.Dp + d] * w;
                 }
             const long pos = gpos[b * P.Gmax + g], row = bh * P.T + pos;
-            store_row(P.dtype, out, row * D, o.data(), D, L > 0 ? 1.0f / L : 0.0f);
+            store_row(P.dtype, out, P.so.at(b, bh % P.H, pos), o.data(), D, L > 0 ? 1.0f / L : 0.0f);
             lse[row] = L > 0 ? M + logf(L) : NEG_INF;
         }
     }
