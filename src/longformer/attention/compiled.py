@@ -79,7 +79,7 @@ def band_attention(
 
 @band_attention.register_fake
 def _(q, k, v, key_valid, is_global, window, dilation, causal, scale, dropout_p, seed):
-    return torch.empty_like(_rows(q)), q.new_empty(q.shape[:3], dtype=torch.float32)
+    return _new_like(_rows(q)), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @torch.library.custom_op("longformer::band_attention_backward", mutates_args=())
@@ -94,7 +94,7 @@ def band_attention_backward(
 
 @band_attention_backward.register_fake
 def _(dout, q, k, v, out, lse, key_valid, is_global, window, dilation, causal, scale, dropout_p, seed):
-    return tuple(torch.empty_like(_rows(t)) for t in (q, k, v))
+    return tuple(_new_like(_rows(t)) for t in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output):
@@ -117,12 +117,24 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     """t itself when its rows of D elements are contiguous (any strides along B, H and T), else a copy.
 
     The kernel reads and writes every (B, H, T, D) array at its own strides, so a layer's q, k and v
-    can be (B, T, H, D) projections viewed as (B, H, T, D) (`x.view(B, T, H, D).transpose(1, 2)`): no
-    copy. Outputs and gradients are made with `empty_like`, which keeps such a dense layout, so the
-    output comes back as a (B, H, T, D) view of (B, T, H, D) memory, which the layer's
-    `transpose(1, 2).reshape(B, T, H * D)` reads without a copy either.
+    can be (B, T, H, D) projections viewed as (B, H, T, D) (`x.view(B, T, H, D).transpose(1, 2)`, also
+    slices of one fused projection): no copy. Outputs and gradients are made by `_new_like`.
     """
     return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _new_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A new (B, H, T, D) tensor with t's order of heads and tokens in memory.
+
+    Where t's heads lie inside its tokens (a layer's projections, (B, T, H, D) memory, even when they
+    are slices of a fused q/k/v projection), the new tensor is a (B, H, T, D) view of (B, T, H, D)
+    memory: the layer's `out.transpose(1, 2).reshape(B, T, H * D)` for the output projection is then
+    a view, and the gradients flow back into the projections' layout without a copy. Else contiguous.
+    """
+    B, H, T, D = t.shape
+    if t.stride(1) < t.stride(2):
+        return t.new_empty(B, T, H, D, dtype=dtype).transpose(1, 2)
+    return t.new_empty(B, H, T, D, dtype=dtype)
 
 
 def _strides(*ts: torch.Tensor | None) -> list[int]:
@@ -174,7 +186,7 @@ def _forward(q, k, v, key_valid, is_global, window, dilation, causal, scale, dro
     B, H, T, D = q.shape
     plan = _Plan(q, window, dilation, causal, key_valid, is_global, scale)
     q, k, v = _rows(q), _rows(k), _rows(v)  # read in their own dtype and layout by the kernel
-    out = torch.empty_like(q)
+    out = _new_like(q)
     args = _Args(plan, dilation, D, q.dtype, dropout_p, seed, _strides(q, k, v, out, None, None, None, None))
     lse = torch.empty(B, H, T, dtype=torch.float32)
     _native.load().lf_band_forward(
@@ -206,9 +218,9 @@ def _backward(dout, q, k, v, out, lse, key_valid, is_global, window, dilation, c
     # leaves the global rows (whose gradient is part 3's) out of parts 1 and 2 itself: no (B, H, T, D)
     # temporaries here
     delta = torch.empty(B, H, T, dtype=torch.float32)
-    dq = torch.empty_like(q, dtype=torch.float32)
-    dk = torch.zeros_like(k, dtype=torch.float32)
-    dv = torch.zeros_like(v, dtype=torch.float32)
+    dq = _new_like(q, torch.float32)
+    dk = _new_like(k, torch.float32).zero_()
+    dv = _new_like(v, torch.float32).zero_()
     args = _Args(plan, dilation, D, q.dtype, dropout_p, seed, _strides(q, k, v, out, do, dq, dk, dv))
     _native.load().lf_band_backward(
         _ptr(args.cfg), _ptr(q), _ptr(k), _ptr(v), _ptr(do), _ptr(out), _ptr(lse), _ptr(delta),
