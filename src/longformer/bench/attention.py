@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     for impl, T in tqdm(jobs, desc="bench attention", unit="run", file=sys.stderr):
         results.append(dict(impl=impl, T=T, **_in_subprocess(dict(base, impl=impl, T=T), args.timeout)))
     gemm.append(_in_subprocess(dict(base, impl="gemm", T=0), args.timeout))
-    report = dict(config=base, gemm_gflops=[g.get("gflops") for g in gemm], results=results)
+    report = dict(config=base, gemm_gflops=[g.get("gflops") for g in gemm], results=results,
+                  gemm_detail=[{k: g.get(k) for k in ("mm_gflops", "onednn_gflops")} for g in gemm])
     # the growth of our kernels' time from T/4 to T again, timed round-robin in one process: the
     # sequential subprocesses above see the machine in different phases (seen here: x4.2 to x5.6
     # between runs for the same code, against x4.1-4.2 interleaved)
@@ -113,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
                 args.timeout,
             )
             report.setdefault("growth_interleaved", {})[impl] = got.get("results") or got
+    for impl in [i for i in impls if i in ours]:
+        for T in sorted(args.lengths):
+            got = _in_subprocess(dict(base, impl="paired", T=T, spec=dict(base, impl=impl, T=T)), args.timeout)
+            report.setdefault("paired_with_gemm", {}).setdefault(impl, {})[str(T)] = got
     if "compiled" in impls:
         report["kernel_build"] = _in_subprocess(dict(base, impl="build", T=0), args.timeout)
     text = _format(report, ours)
@@ -216,6 +221,15 @@ def _fmt(x, unit=""):
     return "-" if x is None else f"{x:.1f}{unit}"
 
 
+def _gemm_detail(detail: list[dict] | None) -> str:
+    """' (torch.mm a, b; oneDNN c, d GFLOP/s: the faster counts)' when oneDNN was measured."""
+    if not detail or not any(d.get("onednn_gflops") for d in detail):
+        return ""
+    mm = ", ".join(_fmt(d.get("mm_gflops")) for d in detail)
+    dnn = ", ".join(_fmt(d.get("onednn_gflops")) for d in detail)
+    return f" (torch.mm {mm}; oneDNN {dnn} GFLOP/s: the faster counts)"
+
+
 def _format(report: dict, ours: list[str]) -> str:
     cfg, results = report["config"], report["results"]
     gemm = [g for g in report["gemm_gflops"] if g]
@@ -223,7 +237,8 @@ def _format(report: dict, ours: list[str]) -> str:
         f"Longformer attention: w={cfg['window']} H={cfg['heads']} D={cfg['head_dim']} B={cfg['batch']} "
         f"{cfg['dtype']} globals={cfg['globals']} dilation={cfg['dilation']} causal={cfg['causal']} "
         f"(median of {cfg['repeats']}; peak = RSS rise, inputs excluded)",
-        "dense GEMM rate in this run (start, end): " + ", ".join(f"{g:.0f} GFLOP/s" for g in gemm),
+        "dense GEMM rate in this run (start, end): " + ", ".join(f"{g:.0f} GFLOP/s" for g in gemm)
+        + _gemm_detail(report.get("gemm_detail")),
     ]
     build = report.get("kernel_build")
     if build:
@@ -265,6 +280,11 @@ def _format(report: dict, ours: list[str]) -> str:
                 rate = flop_per_T * T / (t / 1e3) / 1e9
                 share = f", {100 * rate / max(gemm):.0f}% of the GEMM rate" if gemm else ""
                 lines.append(f"  T={T}: useful forward rate {rate:.1f} GFLOP/s (4*T*(2w+1)*H*D*B){share}")
+            paired = report.get("paired_with_gemm", {}).get(mine, {}).get(str(T), {})
+            if paired.get("ratio"):
+                lines.append(f"  T={T}: forward and GEMM called alternately in one process: the forward's useful rate is "
+                             f"{100 * paired['ratio']:.0f}% of the GEMM's (median of {paired['pairs']} pairs; "
+                             f"forward {paired['fwd_ms']:.1f} ms)")
     lines += ["", "growth (time and memory at the largest T / at T/4), fwd+bwd:"]
     big = lengths[-1]
     if big // 4 in lengths:
