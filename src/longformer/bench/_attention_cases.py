@@ -15,6 +15,12 @@ from collections.abc import Callable
 import torch
 
 
+def _clock() -> Callable[[], float]:
+    """With one torch thread, the thread's CPU time (it stops while other jobs hold the core: what
+    `--threads 1` is for on a shared machine); else wall time."""
+    return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+
+
 def measure_interleaved(specs: list[dict], repeats: int) -> list[dict]:
     """Time several specs in one process, round-robin (one call of each per round), median per spec:
     slow phases of a shared machine then hit every spec alike, so their ratios are stable."""
@@ -30,15 +36,16 @@ def measure_interleaved(specs: list[dict], repeats: int) -> list[dict]:
         with torch.no_grad():
             fn()
         _fwd_bwd(fn, leaves)
+    clock = _clock()
     for _ in range(repeats):
         for i, (fn, leaves) in enumerate(fns):
             with torch.no_grad():
-                t0 = time.perf_counter()
+                t0 = clock()
                 fn()
-                fwd[i].append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
+                fwd[i].append(clock() - t0)
+            t0 = clock()
             _fwd_bwd(fn, leaves)
-            fb[i].append(time.perf_counter() - t0)
+            fb[i].append(clock() - t0)
     return [
         {"fwd_ms": 1e3 * statistics.median(a), "fb_ms": 1e3 * statistics.median(b), "rel_err": e}
         for a, b, e in zip(fwd, fb, errors)
@@ -204,18 +211,20 @@ def _paired_with_gemm(spec: dict, repeats: int) -> dict:
         gemm = lambda: torch.mm(a, b)  # noqa: E731
     T, w = spec["T"], spec["window"]
     flop = 4 * T * (2 * w + 1) * spec["heads"] * spec["head_dim"] * spec["batch"]
+    cpu_time = torch.get_num_threads() == 1
+    clock = _clock()
     ratios, fwd_ms = [], []
     with torch.no_grad():
         fn(), gemm()
         for _ in range(3 * repeats):
-            t0 = time.perf_counter()
+            t0 = clock()
             gemm()
-            t1 = time.perf_counter()
+            t1 = clock()
             fn()
-            t2 = time.perf_counter()
+            t2 = clock()
             ratios.append((flop / (t2 - t1)) / (2 * n**3 / (t1 - t0)))
             fwd_ms.append(1e3 * (t2 - t1))
-    return dict(ratio=statistics.median(ratios), fwd_ms=statistics.median(fwd_ms), pairs=len(ratios))
+    return dict(ratio=statistics.median(ratios), fwd_ms=statistics.median(fwd_ms), pairs=len(ratios), cpu_time=cpu_time)
 
 
 def _onednn_rate(dtype: torch.dtype, n: int = 2048) -> float | None:

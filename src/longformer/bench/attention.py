@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write all results as JSON ('-' for stdout)")
     parser.add_argument("--plot", metavar="FILE.png", help="draw time and memory against T (matplotlib)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per measurement subprocess")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads in every measurement (default: torch's). With 1, the forward/GEMM "
+                        "pairs are timed in the thread's CPU time, which other jobs' use of the core does not inflate")
     parser.add_argument(
         "--variants", action="store_true",
         help="instead of the peers: the cost of dilation, causal mode and 1..64 global tokens against the "
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--impls: unknown implementation {name!r}, expected some of {known}")
     base = dict(
         window=args.window, heads=args.heads, head_dim=args.head_dim, batch=args.batch, dtype=args.dtype,
-        globals=args.globals, dilation=dilation, causal=args.causal, repeats=args.repeats,
+        globals=args.globals, dilation=dilation, causal=args.causal, repeats=args.repeats, threads=args.threads,
     )
     if args.variants:
         return _run_variants(args, base, [i for i in impls if i in ours] or ours)
@@ -282,8 +285,9 @@ def _format(report: dict, ours: list[str]) -> str:
                 lines.append(f"  T={T}: useful forward rate {rate:.1f} GFLOP/s (4*T*(2w+1)*H*D*B){share}")
             paired = report.get("paired_with_gemm", {}).get(mine, {}).get(str(T), {})
             if paired.get("ratio"):
+                clock = "thread CPU time" if paired.get("cpu_time") else "wall time"
                 lines.append(f"  T={T}: forward and GEMM called alternately in one process: the forward's useful rate is "
-                             f"{100 * paired['ratio']:.0f}% of the GEMM's (median of {paired['pairs']} pairs; "
+                             f"{100 * paired['ratio']:.0f}% of the GEMM's (median of {paired['pairs']} pairs, {clock}; "
                              f"forward {paired['fwd_ms']:.1f} ms)")
     lines += ["", "growth (time and memory at the largest T / at T/4), fwd+bwd:"]
     big = lengths[-1]
@@ -345,4 +349,8 @@ def _worker() -> None:
     from longformer.bench import _attention_cases as cases
 
     spec = json.loads(sys.argv[1])
+    if spec.get("threads"):
+        import torch
+
+        torch.set_num_threads(spec["threads"])
     print(json.dumps(cases.measure(spec)))
