@@ -83,8 +83,8 @@ def test_strided_projections_match_the_reference(impl, T, D, window, dilation, c
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("p", [0.0, 0.25])
 def test_compiled_strided_equals_contiguous_bitwise(dtype, fused, p):
-    """The same arithmetic whatever the layout: strided inputs give exactly the contiguous results, and
-    the output and gradients come back in (B, T, H, D) memory (the layer's reshape is a view)."""
+    """The same arithmetic whatever the layout: strided inputs give exactly the contiguous output (and
+    the same gradients), and the output comes back in (B, T, H, D) memory (the layer's reshape is a view)."""
     B, H, T, D = 2, 4, 150, 40
     leaves, qkv = projections(B, T, H, D, dtype, fused, seed=5)
     key_valid, is_global = masks(B, T, True, True, seed=3)
@@ -98,13 +98,16 @@ def test_compiled_strided_equals_contiguous_bitwise(dtype, fused, p):
     ref_out, ref_grads = outputs("compiled", flat, flat, dout.contiguous(), **kw)
     assert ref_out.is_contiguous()
     assert torch.equal(out, ref_out)
-    # the leaves' gradients are the contiguous inputs' gradients in the projections' layout
+    # the leaves' gradients are the contiguous inputs' gradients in the projections' layout. Not
+    # bitwise: the global keys' gradients (shared by a head's dilated residues) and part 3's dq are
+    # summed under a lock in whatever order the threads arrive, so the last bits may differ run to run
     if fused:
-        want = torch.stack(ref_grads).permute(1, 3, 0, 2, 4).reshape(B, T, 3 * H * D)
-        assert torch.equal(grads[0], want)
+        pairs = [(grads[0], torch.stack(ref_grads).permute(1, 3, 0, 2, 4).reshape(B, T, 3 * H * D))]
     else:
-        for g, r in zip(grads, ref_grads):
-            assert torch.equal(g, r.transpose(1, 2).reshape(B, T, H * D))
+        pairs = [(g, r.transpose(1, 2).reshape(B, T, H * D)) for g, r in zip(grads, ref_grads)]
+    for g, want in pairs:
+        tol = 4 * torch.finfo(dtype).eps * (1.0 + want.abs().max().item())
+        torch.testing.assert_close(g.double(), want.double(), atol=tol, rtol=0)
 
 
 @needs_kernel
