@@ -28,7 +28,7 @@ def test_forward_fp32_in_fresh_processes(tmp_path: Path, capsys):
     assert "same weights check" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("mode", ["forward-bf16", "train-fp32"])
+@pytest.mark.parametrize("mode", ["forward-bf16", "train-fp32", "train-bf16"])
 @pytest.mark.parametrize("impl", ["ours", "transformers"])
 def test_worker_modes(tmp_path: Path, mode: str, impl: str):
     parser = argparse.ArgumentParser()

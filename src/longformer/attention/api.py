@@ -28,7 +28,10 @@ def sliding_window_attention(
     """Longformer attention: a (dilated) sliding window plus symmetric global tokens.
 
     Args:
-        q, k, v: (B, H, T, D) tensors of one floating dtype (fp32, bf16, fp16 or fp64) on one device.
+        q, k, v: (B, H, T, D) tensors of one floating dtype (fp32, bf16, fp16 or fp64) on one device,
+            at any strides: a layer passes its (B, T, H * D) projections as
+            ``x.view(B, T, H, D).transpose(1, 2)`` (also slices of one fused q/k/v projection),
+            and the compiled kernel reads them in place.
         window: one-sided window ``w >= 0``. Query ``i`` of a head with dilation ``r`` sees key ``j``
             when ``(j - i) % r == 0`` and ``|j - i| <= w * r``: up to ``2w + 1`` keys.
         dilation: ``r >= 1`` for every head, or a sequence of H values (one per head).
@@ -58,7 +61,11 @@ def sliding_window_attention(
 
     Returns:
         (B, H, T, D) in q's dtype. A row with nothing to attend is 0, never NaN. Softmax statistics
-        are kept in fp32 whatever the input dtype.
+        are kept in fp32 whatever the input dtype. With ``impl="compiled"`` (what ``"auto"`` runs on
+        the CPU), when q's heads lie inside its tokens in memory (``q.stride(1) < q.stride(2)``, as
+        for the views above) the output is a (B, H, T, D) view of (B, T, H, D) memory, so that
+        ``out.transpose(1, 2).reshape(B, T, H * D)`` for the output projection is a view too, and
+        the gradients of q, k and v come back in their inputs' layout; otherwise it is contiguous.
     """
     _check_qkv(q, k, v)
     B, H, T, D = q.shape

@@ -79,7 +79,7 @@ def band_attention(
 
 @band_attention.register_fake
 def _(q, k, v, key_valid, is_global, window, dilation, causal, scale, dropout_p, seed):
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:3], dtype=torch.float32)
+    return _new_like(_rows(q)), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @torch.library.custom_op("longformer::band_attention_backward", mutates_args=())
@@ -94,7 +94,7 @@ def band_attention_backward(
 
 @band_attention_backward.register_fake
 def _(dout, q, k, v, out, lse, key_valid, is_global, window, dilation, causal, scale, dropout_p, seed):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+    return tuple(_new_like(_rows(t)) for t in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output):
@@ -106,17 +106,47 @@ def _setup_context(ctx, inputs, output):
 
 def _backward_rule(ctx, dout, _dlse):
     q, k, v, out, lse, key_valid, is_global = ctx.saved_tensors
-    dq, dk, dv = band_attention_backward(dout.contiguous(), q, k, v, out, lse, key_valid, is_global, *ctx.args)
+    dq, dk, dv = band_attention_backward(_rows(dout), q, k, v, out, lse, key_valid, is_global, *ctx.args)
     return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 band_attention.register_autograd(_backward_rule, setup_context=_setup_context)
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """t itself when its rows of D elements are contiguous (any strides along B, H and T), else a copy.
+
+    The kernel reads and writes every (B, H, T, D) array at its own strides, so a layer's q, k and v
+    can be (B, T, H, D) projections viewed as (B, H, T, D) (`x.view(B, T, H, D).transpose(1, 2)`, also
+    slices of one fused projection): no copy. Outputs and gradients are made by `_new_like`.
+    """
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _new_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A new (B, H, T, D) tensor with t's order of heads and tokens in memory.
+
+    Where t's heads lie inside its tokens (a layer's projections, (B, T, H, D) memory, even when they
+    are slices of a fused q/k/v projection), the new tensor is a (B, H, T, D) view of (B, T, H, D)
+    memory: the layer's `out.transpose(1, 2).reshape(B, T, H * D)` for the output projection is then
+    a view, and the gradients flow back into the projections' layout without a copy. Else contiguous.
+    """
+    B, H, T, D = t.shape
+    if t.stride(1) < t.stride(2):
+        return t.new_empty(B, T, H, D, dtype=dtype).transpose(1, 2)
+    return t.new_empty(B, H, T, D, dtype=dtype)
+
+
+def _strides(*ts: torch.Tensor | None) -> list[int]:
+    """The (B, H, T) element strides of q, k, v, out, dout, dq, dk, dv in the kernel's cfg (0: not passed)."""
+    return [x for t in ts for x in (t.stride()[:3] if t is not None else (0, 0, 0))]
+
+
 class _Args:
     """The kernel's integer config and mask arrays, kept alive for the duration of the calls."""
 
-    def __init__(self, plan: _Plan, dilation: tuple[int, ...], D: int, dtype: torch.dtype, dropout_p: float, seed: int):
+    def __init__(self, plan: _Plan, dilation: tuple[int, ...], D: int, dtype: torch.dtype, dropout_p: float, seed: int,
+                 strides: list[int]):
         B, H, T = plan.B, plan.H, plan.T
         counts = [0 if idx is None else idx.numel() for idx in plan.global_idx]
         self.Gmax = max(counts, default=0)
@@ -134,7 +164,7 @@ class _Args:
             )
         self.cfg = torch.tensor(
             [B, H, T, D, plan.window, int(plan.causal), BLOCK, self.Gmax, self.thr, self.seed, _DTYPE_CODES[dtype],
-             _BF16_DOT_CODES[BF16_DOT], *dilation],
+             _BF16_DOT_CODES[BF16_DOT], *strides, *dilation],
             dtype=torch.int64,
         )
         self.any_global = self.Gmax > 0
@@ -155,9 +185,9 @@ def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
 def _forward(q, k, v, key_valid, is_global, window, dilation, causal, scale, dropout_p, seed):
     B, H, T, D = q.shape
     plan = _Plan(q, window, dilation, causal, key_valid, is_global, scale)
-    args = _Args(plan, dilation, D, q.dtype, dropout_p, seed)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # read in their own dtype by the kernel
-    out = torch.empty(B, H, T, D, dtype=q.dtype)
+    q, k, v = _rows(q), _rows(k), _rows(v)  # read in their own dtype and layout by the kernel
+    out = _new_like(q)
+    args = _Args(plan, dilation, D, q.dtype, dropout_p, seed, _strides(q, k, v, out, None, None, None, None))
     lse = torch.empty(B, H, T, dtype=torch.float32)
     _native.load().lf_band_forward(
         _ptr(args.cfg), _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), args.band_ok, args.key_valid,
@@ -183,15 +213,15 @@ def _forward(q, k, v, key_valid, is_global, window, dilation, causal, scale, dro
 def _backward(dout, q, k, v, out, lse, key_valid, is_global, window, dilation, causal, scale, dropout_p, seed):
     B, H, T, D = q.shape
     plan = _Plan(q, window, dilation, causal, key_valid, is_global, scale)
-    args = _Args(plan, dilation, D, q.dtype, dropout_p, seed)
-    q, k, v, out, do = q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), dout.to(q.dtype).contiguous()
+    q, k, v, out, do = _rows(q), _rows(k), _rows(v), _rows(out), _rows(dout.to(q.dtype))
     # the kernel computes delta = rowsum(dO * O) from the output as returned, for every row, and
     # leaves the global rows (whose gradient is part 3's) out of parts 1 and 2 itself: no (B, H, T, D)
     # temporaries here
     delta = torch.empty(B, H, T, dtype=torch.float32)
-    dq = torch.empty(B, H, T, D, dtype=torch.float32)
-    dk = torch.zeros(B, H, T, D, dtype=torch.float32)
-    dv = torch.zeros(B, H, T, D, dtype=torch.float32)
+    dq = _new_like(q, torch.float32)
+    dk = _new_like(k, torch.float32).zero_()
+    dv = _new_like(v, torch.float32).zero_()
+    args = _Args(plan, dilation, D, q.dtype, dropout_p, seed, _strides(q, k, v, out, do, dq, dk, dv))
     _native.load().lf_band_backward(
         _ptr(args.cfg), _ptr(q), _ptr(k), _ptr(v), _ptr(do), _ptr(out), _ptr(lse), _ptr(delta),
         _ptr(dq), _ptr(dk), _ptr(dv), args.band_ok, args.key_valid, args.row_global, args.gpos_p, args.gcount_p,

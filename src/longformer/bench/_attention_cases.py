@@ -22,6 +22,12 @@ def _sync() -> None:
         torch.cuda.synchronize(DEVICE)
 
 
+def _clock() -> Callable[[], float]:
+    """With one torch thread, the thread's CPU time (it stops while other jobs hold the core: what
+    `--threads 1` is for on a shared machine); else wall time."""
+    return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+
+
 def measure_interleaved(specs: list[dict], repeats: int) -> list[dict]:
     """Time several specs in one process, round-robin (one call of each per round), median per spec:
     slow phases of a shared machine then hit every spec alike, so their ratios are stable."""
@@ -37,18 +43,19 @@ def measure_interleaved(specs: list[dict], repeats: int) -> list[dict]:
         with torch.no_grad():
             fn()
         _fwd_bwd(fn, leaves)
+    clock = _clock()
     for _ in range(repeats):
         for i, (fn, leaves) in enumerate(fns):
             with torch.no_grad():
                 _sync()
-                t0 = time.perf_counter()
+                t0 = clock()
                 fn()
                 _sync()
-                fwd[i].append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
+                fwd[i].append(clock() - t0)
+            t0 = clock()
             _fwd_bwd(fn, leaves)
             _sync()
-            fb[i].append(time.perf_counter() - t0)
+            fb[i].append(clock() - t0)
     return [
         {"fwd_ms": 1e3 * statistics.median(a), "fb_ms": 1e3 * statistics.median(b), "rel_err": e}
         for a, b, e in zip(fwd, fb, errors)
@@ -75,9 +82,14 @@ def measure(spec: dict) -> dict:
     if spec["impl"] == "interleaved":
         return {"results": measure_interleaved(spec["specs"], spec["repeats"])}
     if spec["impl"] == "gemm":
-        return dict(gflops=_gemm_rate(getattr(torch, spec["dtype"])))  # on DEVICE
+        dtype = getattr(torch, spec["dtype"])
+        mm = _gemm_rate(dtype)  # on DEVICE
+        onednn = _onednn_rate(dtype) if DEVICE.type == "cpu" else None
+        return dict(gflops=max(mm, onednn or 0.0), mm_gflops=mm, onednn_gflops=onednn)
     if spec["impl"] == "build":
         return _kernel_build()
+    if spec["impl"] == "paired":
+        return _paired_with_gemm(spec["spec"], spec["repeats"])
     torch.manual_seed(0)
     fn, leaves, note, compile_fn = _build(spec)
     if fn is None:
@@ -211,6 +223,58 @@ def _gemm_rate(dtype: torch.dtype, n: int = 2048) -> float:
             break
         n //= 2
     ms = _time_ms(lambda: torch.mm(a, b), 5)
+    return 2 * n**3 / (ms / 1e3) / 1e9
+
+
+def _paired_with_gemm(spec: dict, repeats: int) -> dict:
+    """The forward of one implementation and the dense GEMM, called alternately in one process.
+
+    On a machine shared with other jobs the GEMM probes at the start and end of the run and the
+    subprocess of an implementation see different phases of the load; a pair of calls made right
+    after each other sees nearly the same one. Returns the median over 3 * repeats pairs of the
+    forward's useful rate (4*T*(2w+1)*H*D*B per call) divided by the GEMM's rate.
+    """
+    torch.manual_seed(0)
+    fn, _, _, _ = _build(spec)
+    if fn is None:
+        return dict(error="not available")
+    n = 2048
+    dtype = getattr(torch, spec["dtype"])
+    if _onednn_rate(dtype) is not None:
+        a, b = torch.randn(n, n).to_mkldnn(), torch.randn(n, n).to_mkldnn()
+        gemm = lambda: torch._C._nn.mkldnn_linear(a, b, None)  # noqa: E731
+    else:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        gemm = lambda: torch.mm(a, b)  # noqa: E731
+    T, w = spec["T"], spec["window"]
+    flop = 4 * T * (2 * w + 1) * spec["heads"] * spec["head_dim"] * spec["batch"]
+    cpu_time = torch.get_num_threads() == 1
+    clock = _clock()
+    ratios, fwd_ms = [], []
+    with torch.no_grad():
+        fn(), gemm()
+        for _ in range(3 * repeats):
+            t0 = clock()
+            gemm()
+            t1 = clock()
+            fn()
+            t2 = clock()
+            ratios.append((flop / (t2 - t1)) / (2 * n**3 / (t1 - t0)))
+            fwd_ms.append(1e3 * (t2 - t1))
+    return dict(ratio=statistics.median(ratios), fwd_ms=statistics.median(fwd_ms), pairs=len(ratios), cpu_time=cpu_time)
+
+
+def _onednn_rate(dtype: torch.dtype, n: int = 2048) -> float | None:
+    """Dense GEMM rate of oneDNN's matmul (a linear layer on mkldnn tensors), or None without it.
+
+    torch.mm goes to MKL, which on AMD CPUs runs far below the hardware (measured on an AMD EPYC with
+    AVX-512: 90-180 GFLOP/s fp32 against 390-400 through oneDNN, whose fp32 rate is ~87% of the FMA
+    peak there): the kernel is compared with the faster of the two.
+    """
+    if not torch.backends.mkldnn.is_available() or dtype != torch.float32:
+        return None
+    a, b = torch.randn(n, n).to_mkldnn(), torch.randn(n, n).to_mkldnn()
+    ms = _time_ms(lambda: torch._C._nn.mkldnn_linear(a, b, None), 5)
     return 2 * n**3 / (ms / 1e3) / 1e9
 
 

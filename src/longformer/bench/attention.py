@@ -72,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write all results as JSON ('-' for stdout)")
     parser.add_argument("--plot", metavar="FILE.png", help="draw time and memory against T (matplotlib)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per measurement subprocess")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads in every measurement (default: torch's). With 1, the forward/GEMM "
+                        "pairs are timed in the thread's CPU time, which other jobs' use of the core does not inflate")
     parser.add_argument(
         "--variants", action="store_true",
         help="instead of the peers: the cost of dilation, causal mode and 1..64 global tokens against the "
@@ -108,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     base = dict(
         window=args.window, heads=args.heads, head_dim=args.head_dim, batch=args.batch, dtype=args.dtype,
         globals=args.globals, dilation=dilation, causal=args.causal, repeats=args.repeats, device=args.device,
+        threads=args.threads,
     )
     if args.variants:
         return _run_variants(args, base, [i for i in impls if i in ours] or ours)
@@ -117,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     for impl, T in tqdm(jobs, desc="bench attention", unit="run", file=sys.stderr):
         results.append(dict(impl=impl, T=T, **_in_subprocess(dict(base, impl=impl, T=T), args.timeout)))
     gemm.append(_in_subprocess(dict(base, impl="gemm", T=0), args.timeout))
-    report = dict(config=base, gemm_gflops=[g.get("gflops") for g in gemm], results=results)
+    report = dict(config=base, gemm_gflops=[g.get("gflops") for g in gemm], results=results,
+                  gemm_detail=[{k: g.get(k) for k in ("mm_gflops", "onednn_gflops")} for g in gemm])
     # the growth of our kernels' time from T/4 to T again, timed round-robin in one process: the
     # sequential subprocesses above see the machine in different phases (seen here: x4.2 to x5.6
     # between runs for the same code, against x4.1-4.2 interleaved)
@@ -129,6 +134,11 @@ def run(args: argparse.Namespace) -> int:
                 args.timeout,
             )
             report.setdefault("growth_interleaved", {})[impl] = got.get("results") or got
+    # our CPU kernels only: eager flex on the CPU is a correctness path, not worth a paired run
+    for impl in [i for i in impls if i in ("compiled", "blocked") and args.device == "cpu"]:
+        for T in sorted(args.lengths):
+            got = _in_subprocess(dict(base, impl="paired", T=T, spec=dict(base, impl=impl, T=T)), args.timeout)
+            report.setdefault("paired_with_gemm", {}).setdefault(impl, {})[str(T)] = got
     if "compiled" in impls and args.device == "cpu":
         report["kernel_build"] = _in_subprocess(dict(base, impl="build", T=0), args.timeout)
     text = _format(report, ours)
@@ -232,6 +242,15 @@ def _fmt(x, unit=""):
     return "-" if x is None else f"{x:.1f}{unit}"
 
 
+def _gemm_detail(detail: list[dict] | None) -> str:
+    """' (torch.mm a, b; oneDNN c, d GFLOP/s: the faster counts)' when oneDNN was measured."""
+    if not detail or not any(d.get("onednn_gflops") for d in detail):
+        return ""
+    mm = ", ".join(_fmt(d.get("mm_gflops")) for d in detail)
+    dnn = ", ".join(_fmt(d.get("onednn_gflops")) for d in detail)
+    return f" (torch.mm {mm}; oneDNN {dnn} GFLOP/s: the faster counts)"
+
+
 def _format(report: dict, ours: list[str]) -> str:
     cfg, results = report["config"], report["results"]
     gemm = [g for g in report["gemm_gflops"] if g]
@@ -240,7 +259,8 @@ def _format(report: dict, ours: list[str]) -> str:
         f"{cfg['dtype']} globals={cfg['globals']} dilation={cfg['dilation']} causal={cfg['causal']} "
         f"on {cfg.get('device', 'cpu')} (median of {cfg['repeats']}; peak = "
         f"{'CUDA max_memory_allocated' if cfg.get('device') == 'cuda' else 'RSS'} rise, inputs excluded)",
-        "dense GEMM rate in this run (start, end): " + ", ".join(f"{g:.0f} GFLOP/s" for g in gemm),
+        "dense GEMM rate in this run (start, end): " + ", ".join(f"{g:.0f} GFLOP/s" for g in gemm)
+        + _gemm_detail(report.get("gemm_detail")),
     ]
     build = report.get("kernel_build")
     if build:
@@ -284,6 +304,12 @@ def _format(report: dict, ours: list[str]) -> str:
                 rate = flop_per_T * T / (t / 1e3) / 1e9
                 share = f", {100 * rate / max(gemm):.0f}% of the GEMM rate" if gemm else ""
                 lines.append(f"  T={T}: useful forward rate {rate:.1f} GFLOP/s (4*T*(2w+1)*H*D*B){share}")
+            paired = report.get("paired_with_gemm", {}).get(mine, {}).get(str(T), {})
+            if paired.get("ratio"):
+                clock = "thread CPU time" if paired.get("cpu_time") else "wall time"
+                lines.append(f"  T={T}: forward and GEMM called alternately in one process: the forward's useful rate is "
+                             f"{100 * paired['ratio']:.0f}% of the GEMM's (median of {paired['pairs']} pairs, {clock}; "
+                             f"forward {paired['fwd_ms']:.1f} ms)")
     lines += ["", "growth (time and memory at the largest T / at T/4), fwd+bwd:"]
     big = lengths[-1]
     if big // 4 in lengths:
@@ -344,4 +370,8 @@ def _worker() -> None:
     from longformer.bench import _attention_cases as cases
 
     spec = json.loads(sys.argv[1])
+    if spec.get("threads"):
+        import torch
+
+        torch.set_num_threads(spec["threads"])
     print(json.dumps(cases.measure(spec)))

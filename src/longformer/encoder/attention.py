@@ -94,7 +94,8 @@ class LongformerSelfAttention(nn.Module):
 
         if attention_mask is not None:
             # transformers zeroes padded query rows (the core leaves them to the caller).
-            context = context.masked_fill(~attention_mask[:, None, :, None], 0.0)
+            pad = ~attention_mask[:, None, :, None]
+            context = context.masked_fill_(pad, 0.0) if not torch.is_grad_enabled() else context.masked_fill(pad, 0.0)
         return context.transpose(1, 2).reshape(B, T, C)
 
     def _global_rows_core(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -124,12 +125,21 @@ class LongformerSelfAttention(nn.Module):
         qg = self._heads(self.query_global(h_glob))  # (B, H, G, D)
         kg = self._heads(self.key_global(hidden))  # (B, H, T, D)
         vg = self._heads(self.value_global(hidden))
-        scores = torch.matmul(qg, kg.transpose(-1, -2)).float() * D**-0.5  # (B, H, G, T)
-        if attention_mask is not None:
-            scores = scores.masked_fill(~attention_mask[:, None, None, :], float("-inf"))
-        # A global row always sees itself, so no row is fully masked (no NaN).
-        probs = nn.functional.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)
-        out = torch.matmul(probs.to(vg.dtype), vg)  # (B, H, G, D)
+        if self.training and self.dropout > 0:
+            scores = torch.matmul(qg, kg.transpose(-1, -2)).float() * D**-0.5  # (B, H, G, T)
+            if attention_mask is not None:
+                scores = scores.masked_fill(~attention_mask[:, None, None, :], float("-inf"))
+            # A global row always sees itself, so no row is fully masked (no NaN).
+            probs = nn.functional.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)
+            out = torch.matmul(probs.to(vg.dtype), vg)  # (B, H, G, D)
+        else:
+            # The same softmax attention without dropout, fused: kg and vg stay (B, T, H, D) memory (a
+            # matmul made contiguous copies of them in bf16, and casts of the (B, H, G, T) scores)
+            mask = None if attention_mask is None else attention_mask[:, None, None, :]
+            out = nn.functional.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask)  # (B, H, G, D)
         b_idx, t_idx = global_mask.nonzero(as_tuple=True)  # row-major: matches `order` within each row
-        values = out.transpose(1, 2)[real]  # (N, H, D)
-        return context.transpose(1, 2).index_put((b_idx, t_idx), values.to(context.dtype)).transpose(1, 2)
+        values = out.transpose(1, 2)[real].to(context.dtype)  # (N, H, D)
+        if not torch.is_grad_enabled():
+            # no graph to keep: write the rows into the kernel's fresh output instead of a copy of it
+            return context.transpose(1, 2).index_put_((b_idx, t_idx), values).transpose(1, 2)
+        return context.transpose(1, 2).index_put((b_idx, t_idx), values).transpose(1, 2)

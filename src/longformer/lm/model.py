@@ -33,10 +33,16 @@ def rotary_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (x[..., :D/2], x[..., D/2:]) of x (B, H, T, D) by the angles of cos/sin (T, D/2)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.to(x.dtype)
+    """Rotate channel pairs (x[..., :D/2], x[..., D/2:]) of x (B, H, T, D) by the angles of cos/sin (T, D/2).
+
+    Computed in fp32 in the (B, T, H, D) order of the projection x comes from, and returned as a
+    (B, H, T, D) view of (B, T, H, D) memory: the attention kernel reads that layout in place and
+    writes its output in it too, which the output projection then reads without a copy.
+    """
+    x1, x2 = x.transpose(1, 2).float().chunk(2, dim=-1)  # (B, T, H, D/2) each
+    c, s = cos[:, None, :], sin[:, None, :]
+    out = torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)
+    return out.to(x.dtype).transpose(1, 2)
 
 
 class CausalLocalAttention(nn.Module):
