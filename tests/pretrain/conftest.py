@@ -35,7 +35,8 @@ def vocab_size() -> int:
 
 
 def build_model_dir(path: Path, *, head: bool = False, max_positions: int = 64, window: int = 4,
-                    dropout: float = 0.1, seed: int = 0, tie: bool = True) -> Path:
+                    dropout: float = 0.1, seed: int = 0, tie: bool = True,
+                    positions: str = "bert") -> Path:
     """A tiny random Longformer (bert-style positions) saved with its tokenizer: a `LongformerModel`
     without an MLM head (a sentence encoder, as MiniLM made long) unless ``head``."""
     import torch
@@ -48,7 +49,7 @@ def build_model_dir(path: Path, *, head: bool = False, max_positions: int = 64, 
         vocab_size=vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, max_position_embeddings=max_positions,
         type_vocab_size=2, pad_token_id=0, bos_token_id=2, eos_token_id=3, sep_token_id=3, attention_window=window,
-        position_embedding_style="bert", tie_word_embeddings=tie)
+        position_embedding_style=positions, tie_word_embeddings=tie)
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # bert-style positions: a transformers-compatibility note

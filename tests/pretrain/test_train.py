@@ -103,3 +103,24 @@ def test_eval_mlm_command(encoder_dir: Path, corpus_files, tmp_path: Path, capsy
     assert results[0]["sequences"] > results[1]["sequences"] and results[0]["bpc"] > 0
     assert main(["eval-mlm", "--model", model, "--file", str(corpus_files[1]), "--max-length", "65"]) == 2
     assert "exceeds" in capsys.readouterr().err
+
+
+def test_transformers_computes_the_same_model(corpus_files, tmp_path: Path) -> None:
+    """A roberta-style model (what transformers' Longformer implements) after pretrain-mlm: transformers'
+    LongformerForMaskedLM loads OUT/model and gives our logits."""
+    transformers = pytest.importorskip("transformers")
+    from conftest import build_model_dir
+
+    from longformer.encoder import LongformerForMaskedLM
+
+    model = build_model_dir(tmp_path / "enc", positions="roberta", dropout=0.0)
+    _run(_cfg(model, corpus_files, tmp_path / "run", steps=2, validation=[]))
+    ours = LongformerForMaskedLM.from_pretrained(tmp_path / "run" / "model")
+    hf = transformers.LongformerForMaskedLM.from_pretrained(tmp_path / "run" / "model").eval()
+    ids = torch.randint(5, ours.config.vocab_size, (2, 30))
+    mask = torch.ones_like(ids)
+    ids[1, 20:], mask[1, 20:] = 0, 0  # padding (pad_token_id 0)
+    with torch.no_grad():
+        a = ours(ids, attention_mask=mask).logits
+        b = hf(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(a[mask.bool()], b[mask.bool()], rtol=1e-4, atol=1e-4)
