@@ -53,15 +53,14 @@ def warmup_steps(cfg: PretrainConfig) -> int:
 
 
 def _spec(cfg: PretrainConfig, ctx: DistContext, model_dir: Path, accum: int) -> RunSpec:
-    args = {"--model": fingerprint(model_dir), "--train": [fingerprint(p) for p in cfg.train],
-            "--validation": [fingerprint(p) for p in cfg.validation], "--max-length": cfg.max_length,
+    """The arguments that decide the result (files by content), and the schedule --extend may grow."""
+    files = {name: {str(i): fingerprint(p) for i, p in enumerate(paths)}
+             for name, paths in (("--train", cfg.train), ("--validation", cfg.validation))}
+    args = {"--model": fingerprint(model_dir), **files, "--max-length": cfg.max_length,
             "--batch-size": cfg.batch_size, "--grad-accum": accum, "processes": ctx.world_size, "--lr": cfg.lr,
             "--warmup": cfg.warmup, "--weight-decay": cfg.weight_decay, "--max-grad-norm": cfg.max_grad_norm,
             "--mask-probability": cfg.mask_probability, "--freeze-encoder": cfg.freeze_encoder, "--bf16": cfg.bf16,
             "--seed": cfg.seed, "--eval-every": cfg.eval_every, "--eval-seed": cfg.eval_seed}
-    # --train and --validation are lists: fingerprints of files, compared by content
-    args["--train"] = {str(i): f for i, f in enumerate(args["--train"])}
-    args["--validation"] = {str(i): f for i, f in enumerate(args["--validation"])}
     return RunSpec(COMMAND, args, {"--steps": cfg.steps}, "--extend --steps M (M > the steps done)")
 
 
@@ -95,10 +94,10 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
 
 def _pretrain(cfg: PretrainConfig, ctx: DistContext) -> dict[str, Any]:
-    if cfg.steps < 1:
-        raise PretrainError(f"--steps must be >= 1, got {cfg.steps}")
-    if cfg.batch_size < 1:
-        raise PretrainError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    for flag, value in (("--steps", cfg.steps), ("--batch-size", cfg.batch_size), ("--eval-every", cfg.eval_every),
+                        ("--save-every", cfg.save_every), ("--grad-accum", cfg.grad_accum or 1)):
+        if value < 1:
+            raise PretrainError(f"{flag} must be >= 1, got {value}")
     accum = cfg.grad_accum or max(1, PAPER_GLOBAL_BATCH // (cfg.batch_size * ctx.world_size))
     model_dir = resolve_checkpoint(cfg.model)
     run = RunDir(Path(cfg.out), _spec(cfg, ctx, model_dir, accum), ctx)
