@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "longformer.finetune.cli",  # finetune, predict
     "longformer.lm.cli",  # train-lm, eval-lm, generate
     "longformer.led.cli",  # summarize
+    "longformer.pretrain",  # pretrain-mlm, eval-mlm
 )
 
 
