@@ -169,7 +169,12 @@ class LongformerConfig:
         if path.is_dir():
             path = path / "config.json"
         if not path.is_file():
-            raise FileNotFoundError(f"no config.json at {path}")
+            hint = ""
+            if (path.parent / "model.safetensors").is_file():
+                hint = (" (weights without a config: transformers.Trainer saves only the weights of a model that is "
+                        "not a PreTrainedModel; pass callbacks=[longformer.interop.SaveConfigCallback()] to the "
+                        "Trainer, or call model.save_pretrained)")
+            raise FileNotFoundError(f"no config.json at {path}{hint}")
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f), **overrides)
 
