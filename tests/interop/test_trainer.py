@@ -109,6 +109,7 @@ def test_checkpointing_with_transformers_arguments_matches_plain_gradients():
     assert not model.is_gradient_checkpointing
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers deprecates the gradient_checkpointing name
 @pytest.mark.parametrize("checkpointing", [None, "gradient_checkpointing", "activation_checkpointing"])
 def test_trainer_trains_evaluates_predicts_and_saves(tmp_path, checkpointing):
     torch.manual_seed(0)

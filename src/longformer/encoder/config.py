@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .._files import atomic_write_bytes
 from ..attention.layout import one_sided_from_hf, per_layer_dilations, per_layer_windows
@@ -70,6 +70,7 @@ class LongformerConfig:
     id2label: dict[int, str] | None = None
     problem_type: str | None = None
     architectures: list[str] | None = field(default=None, compare=False)
+    model_type: ClassVar[str] = "longformer"  # what transformers and PEFT look up on a config
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -193,6 +194,10 @@ class LongformerConfig:
         if d["architectures"] is None:
             del d["architectures"]
         return d
+
+    def to_dict(self) -> dict[str, Any]:
+        """transformers' name for the config as a dict (PEFT reads `model_type` from it): `to_hf_dict()`."""
+        return self.to_hf_dict()
 
     def to_json(self, path: str | os.PathLike) -> None:
         """Write config.json atomically (a file path, or a directory to write config.json into)."""
