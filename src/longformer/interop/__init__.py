@@ -13,7 +13,7 @@ __all__ = ["accelerate", "SaveConfigCallback"]
 
 def __getattr__(name: str) -> Any:
     if name == "accelerate":
-        from .accelerate import accelerate
+        from .swap import accelerate
 
         return accelerate
     if name == "SaveConfigCallback":
