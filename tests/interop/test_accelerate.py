@@ -203,3 +203,22 @@ def test_unsupported_models_get_a_clear_error():
                                                           num_attention_heads=4, intermediate_size=40))
     with pytest.raises(TypeError, match="supports transformers' LongformerModel.*LEDForConditionalGeneration"):
         longformer.accelerate(bert)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers deprecates the gradient_checkpointing name
+def test_accelerated_transformers_model_in_trainer_with_checkpointing(tmp_path):
+    model = longformer.accelerate(seeded(transformers.LongformerForSequenceClassification(longformer_config())))
+    ids, mask, glob = awkward_batch()
+    rows = [dict(input_ids=ids[i], attention_mask=mask[i], global_attention_mask=glob[i], labels=torch.tensor(i % 3))
+            for i in range(4)]
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, num_train_epochs=2,
+                                          learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no",
+                                          gradient_checkpointing=True)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=rows, eval_dataset=rows)
+    trainer.train()
+    assert model.is_gradient_checkpointing and trainer.evaluate()["eval_loss"] > 0
+    trainer.save_model()
+    model.eval()
+    again = transformers.LongformerForSequenceClassification.from_pretrained(tmp_path).eval()
+    kw = dict(input_ids=ids, attention_mask=mask, global_attention_mask=glob)
+    assert_close(again(**kw).logits, model(**kw).logits, "logits after Trainer")

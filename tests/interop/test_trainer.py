@@ -7,7 +7,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from longformer.encoder import (LongformerConfig, LongformerForSequenceClassification,  # noqa: E402
+from longformer.encoder import (LongformerConfig, LongformerForMaskedLM, LongformerForSequenceClassification,  # noqa: E402
                                 LongformerForTokenClassification, SequenceClassifierOutput)
 from longformer.interop import SaveConfigCallback  # noqa: E402
 
@@ -156,3 +156,26 @@ def test_trainer_token_classification_without_callback_saves_weights_only(tmp_pa
     assert (tmp_path / "run" / "model.safetensors").is_file() and not (tmp_path / "run" / "config.json").exists()
     with pytest.raises(FileNotFoundError, match="SaveConfigCallback"):
         LongformerForTokenClassification.from_pretrained(tmp_path / "run")
+
+
+def test_masked_lm_with_tied_embeddings_saves_through_trainer(tmp_path):
+    """The tied decoder weight is listed once in the state dict (safetensors refuses shared tensors)."""
+    torch.manual_seed(0)
+    model = LongformerForMaskedLM(tiny_config())
+    state = model.state_dict()
+    assert "lm_head.decoder.weight" not in state and "longformer.embeddings.word_embeddings.weight" in state
+    again = LongformerForMaskedLM(tiny_config())
+    again.load_state_dict(state, strict=True)  # the tied names are put back on load
+    assert again.lm_head.decoder.weight is again.longformer.embeddings.word_embeddings.weight
+    data = Rows(8, token_labels=True)
+    data.labels = data.ids.clone()
+    trainer = transformers.Trainer(model=model, args=_args(tmp_path / "run", num_train_epochs=1),
+                                   train_dataset=data, callbacks=[SaveConfigCallback()])
+    trainer.train()
+    trainer.save_model()
+    model.eval()
+    with torch.no_grad():
+        ours = model(data.ids, data.mask, data.glob).logits
+        reloaded = LongformerForMaskedLM.from_pretrained(tmp_path / "run")(data.ids, data.mask, data.glob).logits
+    hf = _hf_logits("LongformerForMaskedLM", tmp_path / "run", data)
+    assert torch.allclose(reloaded, ours, atol=1e-4) and torch.allclose(hf, ours, atol=1e-4)

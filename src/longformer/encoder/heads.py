@@ -61,6 +61,23 @@ class LongformerLMHead(nn.Module):
         return self.decoder(self.layer_norm(F.gelu(self.dense(x))))  # (B, T, V)
 
 
+# (second name, main name) of the tensors a tied masked-LM head shares.
+TIED_NAMES = (("lm_head.decoder.weight", "longformer.embeddings.word_embeddings.weight"),
+              ("lm_head.decoder.bias", "lm_head.bias"))
+
+
+def _drop_tied_names(module, state_dict, prefix, local_metadata) -> None:
+    for alias, _ in TIED_NAMES:
+        state_dict.pop(prefix + alias, None)
+
+
+def _restore_tied_names(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                        error_msgs) -> None:
+    for alias, main in TIED_NAMES:
+        if prefix + alias not in state_dict and prefix + main in state_dict:
+            state_dict[prefix + alias] = state_dict[prefix + main]
+
+
 class LongformerForMaskedLM(nn.Module):
     from_pretrained = classmethod(_from_pretrained)
     save_pretrained = _save_pretrained
@@ -81,6 +98,11 @@ class LongformerForMaskedLM(nn.Module):
         if config.tie_word_embeddings:  # one parameter under two names each, as in transformers
             self.lm_head.decoder.weight = self.longformer.embeddings.word_embeddings.weight
             self.lm_head.decoder.bias = self.lm_head.bias
+            # The state dict lists each tied tensor once, under its main name (as save_pretrained writes
+            # it): safetensors refuses shared tensors, and transformers.Trainer saves a plain state dict.
+            # Loading puts the second names back, so strict load_state_dict(state_dict()) still works.
+            self.register_state_dict_post_hook(_drop_tied_names)
+            self.register_load_state_dict_pre_hook(_restore_tied_names)
 
     def forward(self, input_ids=None, attention_mask=None, global_attention_mask=None, token_type_ids=None,
                 position_ids=None, labels=None, inputs_embeds=None, output_hidden_states=None,

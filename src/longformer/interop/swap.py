@@ -28,7 +28,7 @@ from ..encoder.attention import LongformerSelfAttention
 
 SUPPORTED = ("LongformerModel", "LongformerFor* (MaskedLM, SequenceClassification, TokenClassification, "
              "QuestionAnswering, MultipleChoice)", "LEDModel", "LEDForConditionalGeneration",
-             "LEDForSequenceClassification", "LEDForQuestionAnswering")
+             "LEDForQuestionAnswering")
 PROJECTIONS = ("query", "key", "value", "query_global", "key_global", "value_global")
 
 
