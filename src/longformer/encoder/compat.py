@@ -83,3 +83,16 @@ def gradient_checkpointing_disable(self) -> None:
 
 def is_gradient_checkpointing(self) -> bool:
     return _encoder_of(self).gradient_checkpointing
+
+
+def checkpointing_interface(cls: type) -> type:
+    """Class decorator: give a model (it or its `.longformer` holds `.encoder`) transformers'
+    checkpointing methods and attributes, the ones transformers.Trainer and PEFT call or read."""
+    cls.supports_gradient_checkpointing = True
+    cls.activation_checkpointing_enable = activation_checkpointing_enable
+    cls.gradient_checkpointing_enable = gradient_checkpointing_enable
+    cls.activation_checkpointing_disable = gradient_checkpointing_disable
+    cls.gradient_checkpointing_disable = gradient_checkpointing_disable
+    cls.is_gradient_checkpointing = property(is_gradient_checkpointing)
+    cls.is_activation_checkpointing = property(is_gradient_checkpointing)
+    return cls

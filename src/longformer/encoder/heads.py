@@ -78,16 +78,10 @@ def _restore_tied_names(module, state_dict, prefix, local_metadata, strict, miss
             state_dict[prefix + alias] = state_dict[prefix + main]
 
 
+@compat.checkpointing_interface
 class LongformerForMaskedLM(nn.Module):
     from_pretrained = classmethod(_from_pretrained)
     save_pretrained = _save_pretrained
-    supports_gradient_checkpointing = True  # transformers' checkpointing interface: see compat.py
-    activation_checkpointing_enable = compat.activation_checkpointing_enable
-    gradient_checkpointing_enable = compat.gradient_checkpointing_enable
-    gradient_checkpointing_disable = compat.gradient_checkpointing_disable
-    activation_checkpointing_disable = compat.gradient_checkpointing_disable
-    is_gradient_checkpointing = property(compat.is_gradient_checkpointing)
-    is_activation_checkpointing = property(compat.is_gradient_checkpointing)
 
     def __init__(self, config: LongformerConfig, impl: str = "auto") -> None:
         super().__init__()
@@ -152,18 +146,12 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type
     raise ValueError(f"unknown problem_type {problem_type!r}")
 
 
+@compat.checkpointing_interface
 class LongformerForSequenceClassification(nn.Module):
     """Global attention on the first token unless global_attention_mask is given."""
 
     from_pretrained = classmethod(_from_pretrained)
     save_pretrained = _save_pretrained
-    supports_gradient_checkpointing = True  # transformers' checkpointing interface: see compat.py
-    activation_checkpointing_enable = compat.activation_checkpointing_enable
-    gradient_checkpointing_enable = compat.gradient_checkpointing_enable
-    gradient_checkpointing_disable = compat.gradient_checkpointing_disable
-    activation_checkpointing_disable = compat.gradient_checkpointing_disable
-    is_gradient_checkpointing = property(compat.is_gradient_checkpointing)
-    is_activation_checkpointing = property(compat.is_gradient_checkpointing)
 
     def __init__(self, config: LongformerConfig, impl: str = "auto") -> None:
         super().__init__()
@@ -189,18 +177,12 @@ class LongformerForSequenceClassification(nn.Module):
         return compat.finish(out, return_dict)
 
 
+@compat.checkpointing_interface
 class LongformerForQuestionAnswering(nn.Module):
     """Global attention on the question (tokens before the first separator) unless given."""
 
     from_pretrained = classmethod(_from_pretrained)
     save_pretrained = _save_pretrained
-    supports_gradient_checkpointing = True  # transformers' checkpointing interface: see compat.py
-    activation_checkpointing_enable = compat.activation_checkpointing_enable
-    gradient_checkpointing_enable = compat.gradient_checkpointing_enable
-    gradient_checkpointing_disable = compat.gradient_checkpointing_disable
-    activation_checkpointing_disable = compat.gradient_checkpointing_disable
-    is_gradient_checkpointing = property(compat.is_gradient_checkpointing)
-    is_activation_checkpointing = property(compat.is_gradient_checkpointing)
 
     def __init__(self, config: LongformerConfig, impl: str = "auto") -> None:
         super().__init__()
@@ -236,16 +218,10 @@ class LongformerForQuestionAnswering(nn.Module):
                                                     hidden_states=out.hidden_states), return_dict)
 
 
+@compat.checkpointing_interface
 class LongformerForTokenClassification(nn.Module):
     from_pretrained = classmethod(_from_pretrained)
     save_pretrained = _save_pretrained
-    supports_gradient_checkpointing = True  # transformers' checkpointing interface: see compat.py
-    activation_checkpointing_enable = compat.activation_checkpointing_enable
-    gradient_checkpointing_enable = compat.gradient_checkpointing_enable
-    gradient_checkpointing_disable = compat.gradient_checkpointing_disable
-    activation_checkpointing_disable = compat.gradient_checkpointing_disable
-    is_gradient_checkpointing = property(compat.is_gradient_checkpointing)
-    is_activation_checkpointing = property(compat.is_gradient_checkpointing)
 
     def __init__(self, config: LongformerConfig, impl: str = "auto") -> None:
         super().__init__()
@@ -270,19 +246,13 @@ class LongformerForTokenClassification(nn.Module):
         return compat.finish(out, return_dict)
 
 
+@compat.checkpointing_interface
 class LongformerForMultipleChoice(nn.Module):
     """Inputs (B, num_choices, T). Default global attention as transformers: the tokens after the first
     separator pair (the choice), found per choice."""
 
     from_pretrained = classmethod(_from_pretrained)
     save_pretrained = _save_pretrained
-    supports_gradient_checkpointing = True  # transformers' checkpointing interface: see compat.py
-    activation_checkpointing_enable = compat.activation_checkpointing_enable
-    gradient_checkpointing_enable = compat.gradient_checkpointing_enable
-    gradient_checkpointing_disable = compat.gradient_checkpointing_disable
-    activation_checkpointing_disable = compat.gradient_checkpointing_disable
-    is_gradient_checkpointing = property(compat.is_gradient_checkpointing)
-    is_activation_checkpointing = property(compat.is_gradient_checkpointing)
 
     def __init__(self, config: LongformerConfig, impl: str = "auto") -> None:
         super().__init__()

@@ -147,6 +147,7 @@ def init_weights(module: nn.Module, std: float) -> None:
             nn.init.zeros_(m.bias)
 
 
+@compat.checkpointing_interface
 class LongformerModel(nn.Module):
     """The bare encoder. forward -> LongformerModelOutput(last_hidden_state (B, T, C), pooler_output, hidden_states).
 
@@ -165,14 +166,6 @@ class LongformerModel(nn.Module):
         self.pooler = LongformerPooler(c.hidden_size) if add_pooling_layer else None
         init_weights(self, c.initializer_range)
 
-    # transformers' checkpointing interface (Trainer calls it for gradient_checkpointing=True): see compat.py.
-    supports_gradient_checkpointing = True
-    activation_checkpointing_enable = compat.activation_checkpointing_enable
-    gradient_checkpointing_enable = compat.gradient_checkpointing_enable
-    gradient_checkpointing_disable = compat.gradient_checkpointing_disable
-    activation_checkpointing_disable = compat.gradient_checkpointing_disable
-    is_gradient_checkpointing = property(compat.is_gradient_checkpointing)
-    is_activation_checkpointing = property(compat.is_gradient_checkpointing)
 
     def forward(
         self,
