@@ -212,9 +212,11 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             return model(**inputs).last_hidden_state
 
     gc.collect()
-    before, _ = _rss_mb()
     with open("/proc/self/clear_refs", "w") as f:  # peak RSS starts again from here (Linux >= 4.0)
         f.write("5")
+    # Read after the reset: the high-water mark is then never below it (read before, RSS could shrink
+    # in between and the "extra" peak come out negative).
+    before, _ = _rss_mb()
     seconds = []
     for _ in range(1 + spec["repeats"]):
         start = time.perf_counter()
@@ -224,7 +226,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("output_path"):
         torch.save(out.float().clone(), spec["output_path"])
     return {"seconds": statistics.median(seconds[1:]), "all_seconds": seconds, "rss_before_mb": before,
-            "peak_mb": peak, "extra_peak_mb": peak - before, "threads": torch.get_num_threads()}
+            # Linux syncs the per-thread RSS counters lazily, so VmHWM can read a fraction of a MB below
+            # VmRSS read just before: a peak under the baseline is that artifact, i.e. 0 extra.
+            "peak_mb": peak, "extra_peak_mb": max(0.0, peak - before), "threads": torch.get_num_threads()}
 
 
 if __name__ == "__main__":
