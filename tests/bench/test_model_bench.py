@@ -21,15 +21,18 @@ def test_forward_fp32_in_fresh_processes(tmp_path: Path, capsys):
     assert cli_main(["bench", "model", *TINY, "--modes", "forward-fp32", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["max_abs_diff_fp32_output"] <= 1e-4  # same weights, same math
+    assert report["max_abs_diff_fp32_accelerate"] <= 1e-4
     row = report["results"]["forward-fp32"]
-    for impl in ("transformers", "ours"):
+    for impl in ("transformers", "transformers+accelerate", "ours"):
         assert row[impl]["seconds"] > 0 and row[impl]["peak_mb"] >= row[impl]["rss_before_mb"]
     assert row["speedup"] == pytest.approx(row["transformers"]["seconds"] / row["ours"]["seconds"])
+    assert row["accelerate_speedup"] == pytest.approx(row["transformers"]["seconds"]
+                                                      / row["transformers+accelerate"]["seconds"])
     assert "same weights check" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("mode", ["forward-bf16", "train-fp32", "train-bf16"])
-@pytest.mark.parametrize("impl", ["ours", "transformers"])
+@pytest.mark.parametrize("impl", ["ours", "transformers", "transformers+accelerate"])
 def test_worker_modes(tmp_path: Path, mode: str, impl: str):
     parser = argparse.ArgumentParser()
     bench_model.add_arguments(parser)

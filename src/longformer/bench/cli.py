@@ -6,8 +6,8 @@ import importlib
 # name -> module exposing `add_arguments(parser)` and `run(args) -> int | None`
 BENCHMARKS = {
     "attention": ("longformer.bench.attention", "attention kernels vs dense SDPA and transformers"),
-    "model": ("longformer.bench.model", "the base-size encoder vs transformers' LongformerModel"),
-    "led": ("longformer.bench.led", "LED encoder time and memory vs T and vs transformers' LED"),
+    "model": ("longformer.bench.model", "the base-size encoder vs transformers' LongformerModel, plain and accelerated"),
+    "led": ("longformer.bench.led", "LED encoder (or generate) time and memory vs T, vs transformers' LED plain and accelerated"),
     "layer": ("longformer.bench.layer", "one layer's forward in a torch profiler trace (share of aten::copy_)"),
 }
 

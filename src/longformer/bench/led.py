@@ -1,4 +1,5 @@
-"""`longformer bench led`: the LED encoder's time and peak memory against T, ours vs transformers' LED.
+"""`longformer bench led`: the LED encoder's time and peak memory against T, ours vs transformers' LED
+and vs transformers' LED after `longformer.accelerate` (its encoder self-attention on our core).
 
 The encoder is where LED differs from BART (the decoder is the same BART decoder in both), so this
 times an encoder forward pass (inference mode, first token global) of a seeded random base-size LED
@@ -6,6 +7,11 @@ encoder (6 layers x 768, 12 heads, w = 512, i.e. allenai/led-base-16384's shape)
 implementations load the same weights from one file, and their outputs are compared at a short T
 before any number is reported. Each (implementation, T) runs in a fresh process, so the peak resident
 memory reported is that measurement's own (it includes the Python + torch baseline, reported too).
+
+With --generate-tokens N it times `generate` instead (N new tokens, --beams beams, exactly N: EOS is
+held off until then) of a whole seeded random LED (decoder as deep as the encoder), saved once with
+transformers' save_pretrained and loaded by each implementation; the table says whether every
+implementation produced the same tokens.
 """
 from __future__ import annotations
 
@@ -20,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-IMPLS = ("ours", "transformers")
+ACCELERATED = "transformers+accelerate"
+IMPLS = ("ours", "transformers", ACCELERATED)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=512, help="one-sided window w (default 512 = HF attention_window 1024)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--repeats", type=int, default=1, help="timed passes per measurement; the fastest is reported")
-    parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of ours,transformers")
+    parser.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated subset of {','.join(IMPLS)}")
+    parser.add_argument("--generate-tokens", type=int, default=0, metavar="N",
+                        help="time generate() of N new tokens instead of the encoder pass (default 0: encoder)")
+    parser.add_argument("--beams", type=int, default=4, help="beams for --generate-tokens (default 4)")
     parser.add_argument("--transformers-max-length", type=int, default=16384,
                         help="skip transformers above this T (its chunked attention is slow and memory hungry)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
@@ -55,16 +65,23 @@ def run(args: argparse.Namespace) -> int:
     if args.hidden % args.heads or args.window < 1 or args.layers < 1 or args.repeats < 1:
         print("longformer bench led: error: need --hidden divisible by --heads, --window >= 1, --layers >= 1, --repeats >= 1")
         return 2
+    if args.generate_tokens < 0 or args.beams < 1:
+        print(f"longformer bench led: error: need --generate-tokens >= 0 and --beams >= 1, got "
+              f"{args.generate_tokens} and {args.beams}")
+        return 2
     spec = dict(layers=args.layers, hidden=args.hidden, heads=args.heads, ffn=args.ffn, window=args.window,
-                max_positions=max(max(lengths), 1024), dtype=args.dtype, repeats=args.repeats, threads=args.threads)
+                max_positions=max(max(lengths), 1024), dtype=args.dtype, repeats=args.repeats, threads=args.threads,
+                generate=args.generate_tokens, beams=args.beams)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-led-") as tmp:
-        weights = Path(tmp) / "encoder.safetensors"
+        weights = Path(tmp) / ("led" if args.generate_tokens else "encoder.safetensors")
         check = _worker({**spec, "mode": "init", "weights": str(weights)})
-        print(f"weights: seeded random LED encoder, {check['params'] / 1e6:.1f}M parameters")
-        if "transformers" in impls and "ours" in impls:
-            diff = _worker({**spec, "mode": "check", "weights": str(weights), "T": min(1100, max(lengths))})
-            print(f"check at T={diff['T']}: max |ours - transformers| = {diff['max_abs_diff']:.2e} (fp32)")
+        what = "LED (encoder + decoder)" if args.generate_tokens else "LED encoder"
+        print(f"weights: seeded random {what}, {check['params'] / 1e6:.1f}M parameters")
+        if "transformers" in impls and len(impls) > 1 and not args.generate_tokens:
+            diff = _worker({**spec, "mode": "check", "weights": str(weights), "T": min(1100, max(lengths)),
+                            "impls": impls})
+            print(f"check at T={diff['T']}: max |other - transformers| = {diff['max_abs_diff']:.2e} (fp32, {impls})")
             if diff["max_abs_diff"] > 1e-3:
                 print("longformer bench led: error: the two encoders disagree; not timing them")
                 return 1
@@ -84,21 +101,33 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_table(results: list[dict[str, Any]], lengths: list[int], args: argparse.Namespace) -> None:
     by = {(r["impl"], r["T"]): r for r in results}
-    print(f"\nLED encoder forward, {args.layers} layers x {args.hidden}, w={args.window}, {args.dtype}, batch 1, "
+    impls = [i for i in IMPLS if any(r["impl"] == i for r in results)]
+    what = (f"generate {args.generate_tokens} tokens, {args.beams} beam(s)" if args.generate_tokens
+            else "LED encoder forward")
+    print(f"\n{what}, {args.layers} layers x {args.hidden}, w={args.window}, {args.dtype}, batch 1, "
           f"first token global, threads={args.threads or 'default'}")
-    print(f"{'T':>6} | {'ours s':>8} {'ours GiB':>8} | {'hf s':>8} {'hf GiB':>8} | {'speed-up':>8} {'mem ratio':>9}")
+    head = " | ".join(f"{i + ' s':>14} {'GiB':>5}" for i in impls)
+    short = {"ours": "ours", ACCELERATED: "+accelerate"}
+    speed_head = "".join(f" {'HF/' + short[i]:>16}" for i in impls if i != "transformers")
+    print(f"{'T':>6} | {head} |{speed_head}" + ("  same tokens" if args.generate_tokens else ""))
     for T in lengths:
-        o, h = by.get(("ours", T), {}), by.get(("transformers", T), {})
-
-        def cell(r, key, fmt):
-            if not r:
-                return "-"
-            return "error" if "error" in r else format(r[key], fmt)
-
-        speed = f"{h['seconds'] / o['seconds']:.2f}x" if "seconds" in o and "seconds" in h else "-"
-        mem = f"{o['peak_gb'] / h['peak_gb']:.2f}" if "peak_gb" in o and "peak_gb" in h else "-"
-        print(f"{T:>6} | {cell(o, 'seconds', '8.2f'):>8} {cell(o, 'peak_gb', '8.2f'):>8} | "
-              f"{cell(h, 'seconds', '8.2f'):>8} {cell(h, 'peak_gb', '8.2f'):>8} | {speed:>8} {mem:>9}")
+        cells = []
+        for i in impls:
+            r = by.get((i, T), {})
+            cells.append(f"{'-':>14} {'-':>5}" if not r else f"{'error':>14} {'':>5}" if "error" in r
+                         else f"{r['seconds']:>14.2f} {r['peak_gb']:>5.2f}")
+        h = by.get(("transformers", T), {})
+        speeds = ""
+        for i in impls:
+            if i == "transformers":
+                continue
+            o = by.get((i, T), {})
+            speeds += f" {h['seconds'] / o['seconds']:>15.2f}x" if "seconds" in o and "seconds" in h else f" {'-':>16}"
+        same = ""
+        if args.generate_tokens:
+            tokens = [by[(i, T)]["tokens"] for i in impls if "tokens" in by.get((i, T), {})]
+            same = f"  {'yes' if len(tokens) > 1 and all(t == tokens[0] for t in tokens) else 'NO':>11}"
+        print(f"{T:>6} | {' | '.join(cells)} |{speeds}{same}")
     base = [r["baseline_gb"] for r in results if "baseline_gb" in r]
     if base:
         print(f"(GiB = the process's peak RSS; before the pass (weights mapped, not yet all read): ~{min(base):.2f} GiB)")
@@ -120,7 +149,8 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
 def _hf_config(job: dict[str, Any]):
     from transformers import LEDConfig
 
-    return LEDConfig(vocab_size=50265, d_model=job["hidden"], encoder_layers=job["layers"], decoder_layers=1,
+    return LEDConfig(vocab_size=50265, d_model=job["hidden"], encoder_layers=job["layers"],
+                     decoder_layers=job["layers"] if job.get("generate") else 1,
                      encoder_attention_heads=job["heads"], decoder_attention_heads=job["heads"],
                      encoder_ffn_dim=job["ffn"], decoder_ffn_dim=job["ffn"], attention_window=2 * job["window"],
                      max_encoder_position_embeddings=job["max_positions"], dropout=0.0)
@@ -128,10 +158,13 @@ def _hf_config(job: dict[str, Any]):
 
 def _build(job: dict[str, Any], impl: str):
     import torch
+
+    if job.get("generate"):
+        return _build_generator(job, impl)
     from safetensors.torch import load_file
 
     state = load_file(job["weights"])
-    if impl == "transformers":
+    if impl in ("transformers", ACCELERATED):
         from transformers.models.led.modeling_led import LEDEncoder
 
         with torch.device("meta"):
@@ -144,13 +177,45 @@ def _build(job: dict[str, Any], impl: str):
         with torch.device("meta"):
             model = LEDEncoder(cfg, torch.nn.Embedding(cfg.vocab_size, cfg.d_model, cfg.pad_token_id))
     model.load_state_dict(state, strict=True, assign=True)
+    if impl == ACCELERATED:
+        from ..interop.swap import accelerate
+
+        accelerate(model)
+    return model.eval().to(getattr(torch, job["dtype"]))
+
+
+def _build_generator(job: dict[str, Any], impl: str):
+    """A whole LED for --generate-tokens, from the transformers checkpoint dir the init job wrote."""
+    import torch
+
+    if impl == "ours":
+        from ..led import LEDForConditionalGeneration
+
+        model = LEDForConditionalGeneration.from_pretrained(job["weights"])
+    else:
+        import transformers
+
+        model = transformers.LEDForConditionalGeneration.from_pretrained(job["weights"])
+        if impl == ACCELERATED:
+            from ..interop.swap import accelerate
+
+            accelerate(model)
     return model.eval().to(getattr(torch, job["dtype"]))
 
 
 def _forward(model, impl: str, ids, glob):
-    if impl == "transformers":
+    if impl in ("transformers", ACCELERATED):
         return model(input_ids=ids, global_attention_mask=glob).last_hidden_state
     return model(ids, None, glob.bool())
+
+
+def _generate(model, job: dict[str, Any], ids, glob):
+    """Exactly job["generate"] new tokens (EOS held off), greedy or beam search, for every implementation."""
+    import torch
+
+    n = job["generate"]
+    return model.generate(ids, attention_mask=torch.ones_like(ids), global_attention_mask=glob, max_new_tokens=n,
+                          min_new_tokens=n, num_beams=job["beams"], do_sample=False)
 
 
 def _main(job: dict[str, Any]) -> dict[str, Any]:
@@ -158,6 +223,13 @@ def _main(job: dict[str, Any]) -> dict[str, Any]:
 
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
+    if job["mode"] == "init" and job.get("generate"):
+        import transformers
+
+        torch.manual_seed(0)
+        model = transformers.LEDForConditionalGeneration(_hf_config(job))
+        model.save_pretrained(job["weights"])
+        return {"params": sum(p.numel() for p in model.parameters())}
     if job["mode"] == "init":
         from safetensors.torch import save_file
         from transformers.models.led.modeling_led import LEDEncoder
@@ -174,9 +246,10 @@ def _main(job: dict[str, Any]) -> dict[str, Any]:
     glob[:, 0] = 1
     if job["mode"] == "check":
         with torch.inference_mode():
-            a = _forward(_build({**job, "dtype": "float32"}, "ours"), "ours", ids, glob)
-            b = _forward(_build({**job, "dtype": "float32"}, "transformers"), "transformers", ids, glob)
-        return {"T": T, "max_abs_diff": float((a - b).abs().max())}
+            ref = _forward(_build({**job, "dtype": "float32"}, "transformers"), "transformers", ids, glob)
+            diffs = [float((_forward(_build({**job, "dtype": "float32"}, i), i, ids, glob) - ref).abs().max())
+                     for i in job["impls"] if i != "transformers"]
+        return {"T": T, "max_abs_diff": max(diffs)}
     impl = job["impl"]
     model = _build(job, impl)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
@@ -184,11 +257,13 @@ def _main(job: dict[str, Any]) -> dict[str, Any]:
     with torch.inference_mode():
         for _ in range(job["repeats"]):
             start = time.perf_counter()
-            out = _forward(model, impl, ids, glob)
+            out = _generate(model, job, ids, glob) if job.get("generate") else _forward(model, impl, ids, glob)
             times.append(time.perf_counter() - start)
-            del out
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"impl": impl, "T": T, "seconds": min(times), "all_seconds": times, "peak_gb": peak, "baseline_gb": baseline}
+    result = {"impl": impl, "T": T, "seconds": min(times), "all_seconds": times, "peak_gb": peak, "baseline_gb": baseline}
+    if job.get("generate"):
+        result["tokens"] = out.tolist()
+    return result
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .._files import atomic_write_json, read_config, require_fields
+from ..errors import CheckpointFileError
 from ..attention.layout import one_sided_from_hf, per_layer_dilations, per_layer_windows
 from .activations import ACTIVATIONS
 
@@ -72,6 +73,7 @@ class LongformerConfig:
     id2label: dict[int, str] | None = None
     problem_type: str | None = None
     architectures: list[str] | None = field(default=None, compare=False)
+    model_type: ClassVar[str] = "longformer"  # what transformers and PEFT look up on a config
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -168,9 +170,15 @@ class LongformerConfig:
     def from_json(cls, path: str | os.PathLike, **overrides: Any) -> LongformerConfig:
         """Read config.json (a file, or a directory holding one). The fields the weights' shapes depend
         on must be in the file: a default there would build a model the checkpoint does not fit."""
+        path = Path(path)
+        if path.is_dir() and not (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+            raise CheckpointFileError(
+                f"no config.json in {path}, only weights: transformers.Trainer saves only the weights of a model "
+                "that is not a PreTrainedModel; pass callbacks=[longformer.interop.SaveConfigCallback()] to the "
+                "Trainer, or call model.save_pretrained")
         d = read_config(path)
         if d.get("model_type", "longformer") == "longformer":  # other types get from_dict's pointed error
-            require_fields(d, SHAPE_FIELDS, Path(path) / "config.json" if Path(path).is_dir() else path)
+            require_fields(d, SHAPE_FIELDS, path / "config.json" if path.is_dir() else path)
         return cls.from_dict(d, **overrides)
 
     def to_hf_dict(self) -> dict[str, Any]:
@@ -188,6 +196,10 @@ class LongformerConfig:
         if d["architectures"] is None:
             del d["architectures"]
         return d
+
+    def to_dict(self) -> dict[str, Any]:
+        """transformers' name for the config as a dict (PEFT reads `model_type` from it): `to_hf_dict()`."""
+        return self.to_hf_dict()
 
     def to_json(self, path: str | os.PathLike) -> None:
         """Write config.json atomically (a file path, or a directory to write config.json into)."""

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import compat
 from .config import LongformerConfig
 from .modeling import LongformerModel, init_weights
 from .outputs import (MaskedLMOutput, MultipleChoiceOutput, QuestionAnsweringOutput, SequenceClassifierOutput,
@@ -31,15 +32,6 @@ def first_separator(input_ids: torch.Tensor, sep_token_id: int | None) -> torch.
 
 
 # The methods every task model shares, as plain functions each class lists in its body (no base class).
-def _gradient_checkpointing_enable(self) -> None:
-    """Recompute each encoder layer in backward (torch.utils.checkpoint, use_reentrant=False)."""
-    self.longformer.gradient_checkpointing_enable()
-
-
-def _gradient_checkpointing_disable(self) -> None:
-    self.longformer.gradient_checkpointing_disable()
-
-
 def _from_pretrained(cls, path: str | os.PathLike, **overrides: Any):
     """Load our saved dirs or transformers Longformer dirs (see hub.load_pretrained); overrides set config
     fields (e.g. num_labels=3 for a new head), plus impl= and dtype=."""
@@ -69,11 +61,27 @@ class LongformerLMHead(nn.Module):
         return self.decoder(self.layer_norm(F.gelu(self.dense(x))))  # (B, T, V)
 
 
+# (second name, main name) of the tensors a tied masked-LM head shares.
+TIED_NAMES = (("lm_head.decoder.weight", "longformer.embeddings.word_embeddings.weight"),
+              ("lm_head.decoder.bias", "lm_head.bias"))
+
+
+def _drop_tied_names(module, state_dict, prefix, local_metadata) -> None:
+    for alias, _ in TIED_NAMES:
+        state_dict.pop(prefix + alias, None)
+
+
+def _restore_tied_names(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                        error_msgs) -> None:
+    for alias, main in TIED_NAMES:
+        if prefix + alias not in state_dict and prefix + main in state_dict:
+            state_dict[prefix + alias] = state_dict[prefix + main]
+
+
+@compat.checkpointing_interface
 class LongformerForMaskedLM(nn.Module):
     from_pretrained = classmethod(_from_pretrained)
     save_pretrained = _save_pretrained
-    gradient_checkpointing_enable = _gradient_checkpointing_enable
-    gradient_checkpointing_disable = _gradient_checkpointing_disable
 
     def __init__(self, config: LongformerConfig, impl: str = "auto") -> None:
         super().__init__()
@@ -84,17 +92,24 @@ class LongformerForMaskedLM(nn.Module):
         if config.tie_word_embeddings:  # one parameter under two names each, as in transformers
             self.lm_head.decoder.weight = self.longformer.embeddings.word_embeddings.weight
             self.lm_head.decoder.bias = self.lm_head.bias
+            # The state dict lists each tied tensor once, under its main name (as save_pretrained writes
+            # it): safetensors refuses shared tensors, and transformers.Trainer saves a plain state dict.
+            # Loading puts the second names back, so strict load_state_dict(state_dict()) still works.
+            self.register_state_dict_post_hook(_drop_tied_names)
+            self.register_load_state_dict_pre_hook(_restore_tied_names)
 
     def forward(self, input_ids=None, attention_mask=None, global_attention_mask=None, token_type_ids=None,
-                position_ids=None, labels=None, inputs_embeds=None, output_hidden_states=False) -> MaskedLMOutput:
+                position_ids=None, labels=None, inputs_embeds=None, output_hidden_states=None,
+                output_attentions=None, return_dict=None, head_mask=None) -> MaskedLMOutput:
         """labels: (B, T) token ids, -100 = not scored. Returns logits (B, T, V) and the mean loss."""
+        output_hidden_states = compat.forward_flags(output_attentions, output_hidden_states, head_mask)
         out = self.longformer(input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids,
                               inputs_embeds, output_hidden_states)
         logits = self.lm_head(out.last_hidden_state)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
-        return MaskedLMOutput(logits=logits, loss=loss, hidden_states=out.hidden_states)
+        return compat.finish(MaskedLMOutput(logits=logits, loss=loss, hidden_states=out.hidden_states), return_dict)
 
 
 class LongformerClassificationHead(nn.Module):
@@ -131,13 +146,12 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type
     raise ValueError(f"unknown problem_type {problem_type!r}")
 
 
+@compat.checkpointing_interface
 class LongformerForSequenceClassification(nn.Module):
     """Global attention on the first token unless global_attention_mask is given."""
 
     from_pretrained = classmethod(_from_pretrained)
     save_pretrained = _save_pretrained
-    gradient_checkpointing_enable = _gradient_checkpointing_enable
-    gradient_checkpointing_disable = _gradient_checkpointing_disable
 
     def __init__(self, config: LongformerConfig, impl: str = "auto") -> None:
         super().__init__()
@@ -147,27 +161,28 @@ class LongformerForSequenceClassification(nn.Module):
         init_weights(self.classifier, config.initializer_range)
 
     def forward(self, input_ids=None, attention_mask=None, global_attention_mask=None, token_type_ids=None,
-                position_ids=None, labels=None, inputs_embeds=None,
-                output_hidden_states=False) -> SequenceClassifierOutput:
+                position_ids=None, labels=None, inputs_embeds=None, output_hidden_states=None,
+                output_attentions=None, return_dict=None, head_mask=None) -> SequenceClassifierOutput:
         """labels: (B,) class ids, or (B, num_labels) floats (multi-label / regression)."""
         if global_attention_mask is None:
             ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
             global_attention_mask = torch.zeros(ref.shape, dtype=torch.bool, device=ref.device)
             global_attention_mask[:, 0] = True
+        output_hidden_states = compat.forward_flags(output_attentions, output_hidden_states, head_mask)
         out = self.longformer(input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids,
                               inputs_embeds, output_hidden_states)
         logits = self.classifier(out.last_hidden_state)
         loss = classification_loss(logits, labels, self.config.problem_type) if labels is not None else None
-        return SequenceClassifierOutput(logits=logits, loss=loss, hidden_states=out.hidden_states)
+        out = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+        return compat.finish(out, return_dict)
 
 
+@compat.checkpointing_interface
 class LongformerForQuestionAnswering(nn.Module):
     """Global attention on the question (tokens before the first separator) unless given."""
 
     from_pretrained = classmethod(_from_pretrained)
     save_pretrained = _save_pretrained
-    gradient_checkpointing_enable = _gradient_checkpointing_enable
-    gradient_checkpointing_disable = _gradient_checkpointing_disable
 
     def __init__(self, config: LongformerConfig, impl: str = "auto") -> None:
         super().__init__()
@@ -180,13 +195,14 @@ class LongformerForQuestionAnswering(nn.Module):
 
     def forward(self, input_ids=None, attention_mask=None, global_attention_mask=None, token_type_ids=None,
                 position_ids=None, start_positions=None, end_positions=None, inputs_embeds=None,
-                output_hidden_states=False) -> QuestionAnsweringOutput:
+                output_hidden_states=None, output_attentions=None, return_dict=None, head_mask=None) -> QuestionAnsweringOutput:
         """start_positions / end_positions: (B,) token indices (out-of-range ones are ignored in the loss)."""
         if global_attention_mask is None:
             if input_ids is None:
                 raise ValueError("with inputs_embeds, pass global_attention_mask (the question tokens)")
             sep = first_separator(input_ids, self.config.sep_token_id)
             global_attention_mask = torch.arange(input_ids.shape[1], device=input_ids.device)[None] < sep[:, None]
+        output_hidden_states = compat.forward_flags(output_attentions, output_hidden_states, head_mask)
         out = self.longformer(input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids,
                               inputs_embeds, output_hidden_states)
         logits = self.qa_outputs(out.last_hidden_state)
@@ -198,14 +214,14 @@ class LongformerForQuestionAnswering(nn.Module):
             e = end_positions.reshape(-1).clamp(0, ignored)
             loss = (F.cross_entropy(start_logits.float(), s, ignore_index=ignored)
                     + F.cross_entropy(end_logits.float(), e, ignore_index=ignored)) / 2
-        return QuestionAnsweringOutput(start_logits, end_logits, loss, out.hidden_states)
+        return compat.finish(QuestionAnsweringOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                                    hidden_states=out.hidden_states), return_dict)
 
 
+@compat.checkpointing_interface
 class LongformerForTokenClassification(nn.Module):
     from_pretrained = classmethod(_from_pretrained)
     save_pretrained = _save_pretrained
-    gradient_checkpointing_enable = _gradient_checkpointing_enable
-    gradient_checkpointing_disable = _gradient_checkpointing_disable
 
     def __init__(self, config: LongformerConfig, impl: str = "auto") -> None:
         super().__init__()
@@ -216,25 +232,27 @@ class LongformerForTokenClassification(nn.Module):
         init_weights(self.classifier, config.initializer_range)
 
     def forward(self, input_ids=None, attention_mask=None, global_attention_mask=None, token_type_ids=None,
-                position_ids=None, labels=None, inputs_embeds=None, output_hidden_states=False) -> TokenClassifierOutput:
+                position_ids=None, labels=None, inputs_embeds=None, output_hidden_states=None,
+                output_attentions=None, return_dict=None, head_mask=None) -> TokenClassifierOutput:
         """labels: (B, T) class ids, -100 = not scored."""
+        output_hidden_states = compat.forward_flags(output_attentions, output_hidden_states, head_mask)
         out = self.longformer(input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids,
                               inputs_embeds, output_hidden_states)
         logits = self.classifier(self.dropout(out.last_hidden_state))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
-        return TokenClassifierOutput(logits=logits, loss=loss, hidden_states=out.hidden_states)
+        out = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+        return compat.finish(out, return_dict)
 
 
+@compat.checkpointing_interface
 class LongformerForMultipleChoice(nn.Module):
     """Inputs (B, num_choices, T). Default global attention as transformers: the tokens after the first
     separator pair (the choice), found per choice."""
 
     from_pretrained = classmethod(_from_pretrained)
     save_pretrained = _save_pretrained
-    gradient_checkpointing_enable = _gradient_checkpointing_enable
-    gradient_checkpointing_disable = _gradient_checkpointing_disable
 
     def __init__(self, config: LongformerConfig, impl: str = "auto") -> None:
         super().__init__()
@@ -245,7 +263,8 @@ class LongformerForMultipleChoice(nn.Module):
         init_weights(self.classifier, config.initializer_range)
 
     def forward(self, input_ids=None, attention_mask=None, global_attention_mask=None, token_type_ids=None,
-                position_ids=None, labels=None, inputs_embeds=None, output_hidden_states=False) -> MultipleChoiceOutput:
+                position_ids=None, labels=None, inputs_embeds=None, output_hidden_states=None,
+                output_attentions=None, return_dict=None, head_mask=None) -> MultipleChoiceOutput:
         """input_ids and masks: (B, N, T) for N choices; labels: (B,) index of the right choice."""
         ref = input_ids if input_ids is not None else inputs_embeds
         if ref is None or ref.dim() < 3:
@@ -258,8 +277,9 @@ class LongformerForMultipleChoice(nn.Module):
         def flat(t):
             return None if t is None else t.reshape(-1, *t.shape[2:])
 
+        output_hidden_states = compat.forward_flags(output_attentions, output_hidden_states, head_mask)
         out = self.longformer(flat(input_ids), flat(attention_mask), flat(global_attention_mask), flat(token_type_ids),
                               flat(position_ids), flat(inputs_embeds), output_hidden_states)
         logits = self.classifier(self.dropout(out.pooler_output)).view(-1, N)
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
-        return MultipleChoiceOutput(logits=logits, loss=loss, hidden_states=out.hidden_states)
+        return compat.finish(MultipleChoiceOutput(logits=logits, loss=loss, hidden_states=out.hidden_states), return_dict)

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from . import compat
 from .activations import activation
 from .attention import LongformerSelfAttention
 from .config import LongformerConfig
@@ -103,14 +103,17 @@ class LongformerEncoder(nn.Module):
             for i in range(c.num_hidden_layers)
         )
         self.gradient_checkpointing = False
+        self.checkpoint_fn = compat.checkpoint_function()  # set by activation_checkpointing_enable
+        self.every_n_layers = 1
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None, is_global: torch.Tensor | None,
                 output_hidden_states: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         states = (x,) if output_hidden_states else None
-        for layer in self.layer:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        for i, layer in enumerate(self.layer):
+            if (self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+                    and i % self.every_n_layers == 0):
                 # Recompute the layer in backward: memory O(layers * B * T * C) instead of all activations.
-                x = checkpoint(layer, x, valid, is_global, use_reentrant=False)
+                x = self.checkpoint_fn(layer, x, valid, is_global)
             else:
                 x = layer(x, valid, is_global)
             if states is not None:
@@ -144,6 +147,7 @@ def init_weights(module: nn.Module, std: float) -> None:
             nn.init.zeros_(m.bias)
 
 
+@compat.checkpointing_interface
 class LongformerModel(nn.Module):
     """The bare encoder. forward -> LongformerModelOutput(last_hidden_state (B, T, C), pooler_output, hidden_states).
 
@@ -162,12 +166,6 @@ class LongformerModel(nn.Module):
         self.pooler = LongformerPooler(c.hidden_size) if add_pooling_layer else None
         init_weights(self, c.initializer_range)
 
-    def gradient_checkpointing_enable(self) -> None:
-        """Recompute each layer in backward (torch.utils.checkpoint, use_reentrant=False)."""
-        self.encoder.gradient_checkpointing = True
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.encoder.gradient_checkpointing = False
 
     def forward(
         self,
@@ -177,18 +175,26 @@ class LongformerModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        output_hidden_states: bool = False,
+        output_hidden_states: bool | None = False,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        head_mask: torch.Tensor | None = None,
     ) -> LongformerModelOutput:
         """input_ids: (B, T) token ids, or inputs_embeds (B, T, C). attention_mask: (B, T) 1 = token,
         0 = padding. global_attention_mask: (B, T) 1 = global. token_type_ids / position_ids: (B, T);
         position ids default to the config's position_embedding_style. Any T up to config.max_length.
+
+        transformers' keywords: return_dict=False returns `to_tuple()`; output_attentions=True and a
+        head_mask are refused (see compat.forward_flags).
         """
+        output_hidden_states = compat.forward_flags(output_attentions, output_hidden_states, head_mask)
         inp = prepare_inputs(self.config, input_ids, attention_mask, global_attention_mask, token_type_ids,
                              position_ids, inputs_embeds)
         x = self.embeddings(input_ids, inp.token_type_ids, inp.position_ids, inputs_embeds)
         x, states = self.encoder(x, inp.valid, inp.is_global, output_hidden_states)
         pooled = self.pooler(x) if self.pooler is not None else None
-        return LongformerModelOutput(last_hidden_state=x, pooler_output=pooled, hidden_states=states)
+        return compat.finish(LongformerModelOutput(last_hidden_state=x, pooler_output=pooled, hidden_states=states),
+                             return_dict)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> LongformerModel:
