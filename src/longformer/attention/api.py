@@ -7,7 +7,7 @@ import torch
 
 from .reference import reference_attention
 
-IMPLS = ("auto", "reference", "blocked", "compiled")
+IMPLS = ("auto", "reference", "blocked", "compiled", "export")
 
 
 def sliding_window_attention(
@@ -50,8 +50,10 @@ def sliding_window_attention(
         impl: ``"auto"`` (fastest correct choice), ``"reference"`` (dense O(T^2) spec),
             ``"blocked"`` (memory-linear blocked kernel in PyTorch, any device and dtype) or
             ``"compiled"`` (the fused C++ CPU kernel, built with the system compiler on first use and
-            cached; fp32/bf16/fp16). ``"auto"`` uses the compiled kernel on the CPU when it builds,
-            and falls back to the blocked kernel where it cannot.
+            cached; fp32/bf16/fp16), ``"export"`` (standard ops with static ranks and no T x T
+            tensor, for ONNX / torch.export graphs; no attention dropout). ``"auto"`` uses the
+            compiled kernel on the CPU when it builds, and falls back to the blocked kernel where it
+            cannot.
 
     Returns:
         (B, H, T, D) in q's dtype. A row with nothing to attend is 0, never NaN. Softmax statistics
@@ -81,6 +83,15 @@ def sliding_window_attention(
         impl = _choose_impl(q)
     if impl == "reference":
         return reference_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale, dropout)
+    if impl == "export":
+        if dropout is not None:
+            raise ValueError(
+                "impl='export' has no attention dropout (it is made for inference graphs): pass dropout_p=0 "
+                "(eval mode), or train with impl='auto'"
+            )
+        from .exportable import exportable_attention
+
+        return exportable_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale)
     if impl == "compiled":
         from .compiled import compiled_attention
 
