@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "longformer.finetune.cli",  # finetune, predict
     "longformer.lm.cli",  # train-lm, eval-lm, generate
     "longformer.led.cli",  # summarize
+    "longformer.export",  # export (ONNX)
 )
 
 

@@ -105,6 +105,10 @@ def _choose_impl(q: torch.Tensor) -> str:
     B, H, T, _ = q.shape
     from . import compiled
 
+    if torch.onnx.is_in_onnx_export():
+        # the compiled kernel is a custom op no ONNX runtime knows, and the dense reference is
+        # O(T^2): the export kernel is exact, linear and made of standard ops
+        return "export"
     if torch.compiler.is_compiling():
         # The compiled kernel is a custom op, opaque to the tracer; the blocked kernel plans with
         # data-dependent shapes and cannot be traced, so elsewhere the dense spec is used.

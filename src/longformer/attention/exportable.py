@@ -79,7 +79,7 @@ class _GlobalSlots:
         B, T = is_global.shape
         counts = is_global.sum(dim=1)  # (B,)
         # at least one slot: no zero-size tensors in the graph, whatever the input
-        G = int(counts.max().clamp(min=1).item())
+        G = counts.max().clamp(min=1).item()  # a Python int; under export an unbacked size (no int(): a guard)
         torch._check(G >= 1)
         torch._check(G <= T)
         pos = torch.arange(T, device=is_global.device)
@@ -153,9 +153,10 @@ def _band_group(q, k, v, r: int, w: int, causal: bool, band_ok, glob: _GlobalSlo
         o = torch.matmul(p[..., :L], vw) + torch.matmul(p[..., L:], vg)
     else:
         o = torch.matmul(_masked_softmax(s, allowed).to(v.dtype), vw)  # (B, Hg, r, nb, c, D)
-    # back to positions: slot t of residue m is position t * r + m
-    o = o.reshape(B, Hg, r, nb * c, D).transpose(2, 3).reshape(B, Hg, nb * c * r, D)
-    return o[:, :, :T]
+    # back to positions: position t sits in residue t % r at slot t // r. A gather of exactly T rows
+    # rather than a slice of the padded ones, whose length the tracer cannot prove to be T
+    t = torch.arange(T, device=q.device)
+    return o.reshape(B, Hg, r * nb * c, D).index_select(2, (t % r) * (nb * c) + t // r)
 
 
 def _blocks(x: torch.Tensor, r: int, c: int, nb: int) -> torch.Tensor:
