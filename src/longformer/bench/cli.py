@@ -8,6 +8,7 @@ BENCHMARKS = {
     "attention": ("longformer.bench.attention", "attention kernels vs dense SDPA and transformers"),
     "model": ("longformer.bench.model", "the base-size encoder vs transformers' LongformerModel"),
     "led": ("longformer.bench.led", "LED encoder time and memory vs T and vs transformers' LED"),
+    "export": ("longformer.bench.export", "the ONNX export in onnxruntime vs our eager encoder and transformers'"),
 }
 
 
