@@ -86,7 +86,8 @@ def export_onnx(model: str | os.PathLike, out: str | os.PathLike, *, part: str =
 
 def check_lengths(traced: int, max_length: int) -> list[int]:
     """The check runs at one length other than the traced one: longer when the position table allows."""
-    return [traced + 13 if traced + 13 <= max_length else max(2, traced - 13) if traced > 2 else traced]
+    longer = traced + 13
+    return [longer if longer <= max_length else max(2, traced - 13)]
 
 
 def _export(exp: Exportable, T: int, opset: int):
