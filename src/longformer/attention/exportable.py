@@ -98,13 +98,14 @@ class _GlobalSlots:
     def overwrite_rows(self, out, q, k, v, causal, key_valid, scale, stat) -> torch.Tensor:
         """Part 3: global query rows as full attention over every allowed key, (G x T) per head."""
         B, H, T, D = q.shape
-        s = torch.matmul(self.take(q), k.transpose(-1, -2)).to(stat) * scale  # (B, H, G, T)
+        s = _scores(self.take(q), k, scale, stat)  # (B, H, G, T)
         allowed = torch.ones(B, 1, self.G, T, dtype=torch.bool, device=q.device)
         if key_valid is not None:
             allowed = allowed & key_valid[:, None, None, :]
         if causal:
             allowed = allowed & (torch.arange(T, device=q.device)[None, None, :] <= self.pos[:, :, None])[:, None]
-        rows = torch.matmul(_masked_softmax(s, allowed).to(v.dtype), v)  # (B, H, G, D)
+        p, has_any = _masked_softmax(s, allowed)
+        rows = torch.matmul(p.to(v.dtype), v) * has_any.to(v.dtype)  # (B, H, G, D)
         # position t of a global row takes slot (number of globals before t): one flat gather
         slot = (torch.cumsum(self.is_global.long(), dim=1) - 1).clamp(min=0)  # (B, T)
         flat = (slot + torch.arange(B, device=q.device)[:, None] * self.G).reshape(-1)
@@ -113,13 +114,25 @@ class _GlobalSlots:
         return torch.where(self.is_global[:, None, :, None], rows.to(out.dtype), out)
 
 
-def _masked_softmax(s: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last axis of the allowed scores; rows with no allowed key give 0, never NaN
-    (their scores are made finite first, so gradients stay finite too)."""
-    has_any = allowed.any(dim=-1, keepdim=True)
-    s = torch.where(allowed, s, float("-inf"))
-    s = torch.where(has_any, s, 0.0)
-    return torch.softmax(s, dim=-1) * has_any
+MASKED = -1e30  # a finite -inf: exp(MASKED - max) is exactly 0 beside any real score, never NaN
+
+
+def _masked_softmax(s: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over the last axis of the allowed scores, and the (..., 1) mask of rows that have an
+    allowed key. A row with none gets finite (uniform) probabilities: the caller multiplies its
+    output, far smaller than the scores, by the mask. One additive bias, broadcast over heads, is
+    one pass over the scores (a where per condition would be one each)."""
+    bias = torch.where(allowed, 0.0, MASKED).to(s.dtype)
+    return torch.softmax(s + bias, dim=-1), allowed.any(dim=-1, keepdim=True)
+
+
+def _scores(a: torch.Tensor, b: torch.Tensor, scale: float, stat: torch.dtype) -> torch.Tensor:
+    """Scaled scores ``scale * a @ b^T`` in ``stat``. fp32/fp64: the scale folded into ``a`` (a pass
+    over (n, D) instead of over the scores); low precision: products in the input dtype, as the
+    reference rounds them."""
+    if a.dtype == stat:
+        return torch.matmul(a * scale, b.transpose(-1, -2))
+    return torch.matmul(a, b.transpose(-1, -2)).to(stat) * scale
 
 
 def _band_group(q, k, v, r: int, w: int, causal: bool, band_ok, glob: _GlobalSlots | None, scale: float,
@@ -138,21 +151,24 @@ def _band_group(q, k, v, r: int, w: int, causal: bool, band_ok, glob: _GlobalSlo
     rel = torch.arange(L, device=q.device)[None, :] - c - a  # key offset from the query, in its sequence
     in_band = (rel >= -w) & (rel <= (0 if causal else w))  # (c, L)
     allowed = in_band & ok[..., 0][..., None, :]  # (B, 1, r, nb, c, L)
-    s = torch.matmul(qb, kw.transpose(-1, -2)).to(stat) * scale  # (B, Hg, r, nb, c, L)
+    s = _scores(qb, kw, scale, stat)  # (B, Hg, r, nb, c, L)
     if glob is not None:
         G = glob.G
         kg, vg = glob.take(k)[:, :, None, None], glob.take(v)[:, :, None, None]  # (B, Hg, 1, 1, G, D)
-        sg = torch.matmul(qb, kg.transpose(-1, -2)).to(stat) * scale  # (B, Hg, r, nb, c, G)
+        sg = _scores(qb, kg, scale, stat)  # (B, Hg, r, nb, c, G)
         g_ok = glob.key_ok[:, None, None, None, None, :]  # (B, 1, 1, 1, 1, G)
         if causal:
             i = _positions(r, c, nb, q.device)  # (r, nb, c): original position of each query row
             g_ok = g_ok & (glob.pos[:, None, None, None, None, :] <= i[None, None, ..., None])
         shape = (B, 1, r, nb, c)
         allowed = torch.cat([allowed.expand(*shape, L), g_ok.expand(*shape, G)], dim=-1)
-        p = _masked_softmax(torch.cat([s, sg], dim=-1), allowed).to(v.dtype)
+        p, has_any = _masked_softmax(torch.cat([s, sg], dim=-1), allowed)
+        p = p.to(v.dtype)
         o = torch.matmul(p[..., :L], vw) + torch.matmul(p[..., L:], vg)
     else:
-        o = torch.matmul(_masked_softmax(s, allowed).to(v.dtype), vw)  # (B, Hg, r, nb, c, D)
+        p, has_any = _masked_softmax(s, allowed)
+        o = torch.matmul(p.to(v.dtype), vw)  # (B, Hg, r, nb, c, D)
+    o = o * has_any.to(o.dtype)
     # back to positions: position t sits in residue t % r at slot t // r. A gather of exactly T rows
     # rather than a slice of the padded ones, whose length the tracer cannot prove to be T
     t = torch.arange(T, device=q.device)

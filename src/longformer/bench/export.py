@@ -21,7 +21,9 @@ from typing import Any
 
 from .model import _rss_mb, make_checkpoint
 
-IMPLS = ("onnxruntime", "ours", "transformers")
+# onnxruntime-noarena: the same graph with the CPU memory arena off (SessionOptions.enable_cpu_mem_arena),
+# which returns freed buffers instead of keeping the arena's (power-of-two grown) peak
+IMPLS = ("onnxruntime", "onnxruntime-noarena", "ours", "transformers")
 MEMORY_GROWTH_GOAL = 4.5  # peak memory of onnxruntime at 16384 / at 4096
 SPEEDUP_GOAL = 2.0  # onnxruntime forward vs transformers' eager at 4096
 
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         ns = argparse.Namespace(**{**vars(args), "length": max(lengths)})
         make_checkpoint(tmp / "model", ns)
         start = time.perf_counter()
-        exported = export_onnx(tmp / "model", tmp / "model.onnx") if "onnxruntime" in impls else None
+        onnx = any(i.startswith("onnxruntime") for i in impls)
+        exported = export_onnx(tmp / "model", tmp / "model.onnx") if onnx else None
         export_seconds = time.perf_counter() - start
         results: dict[int, dict[str, Any]] = {}
         for T in lengths:
@@ -105,17 +108,18 @@ def _print(report: dict[str, Any], lengths: list[int], impls: list[str]) -> None
         r = report["results"][str(T)]
         print(f"  {T:>6} " + " ".join(f"{r[i]['seconds']:>16.3f} {r[i]['extra_peak_mb']:>17.0f}" for i in impls))
     res = report["results"]
-    if "onnxruntime" in impls and len(lengths) > 1:
-        a, b = res[str(lengths[0])]["onnxruntime"], res[str(lengths[-1])]["onnxruntime"]
-        growth = b["extra_peak_mb"] / max(a["extra_peak_mb"], 1e-9)
-        print(f"  onnxruntime peak memory {lengths[-1]}/{lengths[0]}: x{growth:.2f} (goal <= {MEMORY_GROWTH_GOAL}x; "
-              f"time x{b['seconds'] / a['seconds']:.2f})")
-    if "onnxruntime" in impls and "transformers" in impls:
-        for T in lengths:
-            r = res[str(T)]
-            print(f"  T={T}: onnxruntime vs transformers' eager {r['transformers']['seconds'] / r['onnxruntime']['seconds']:.2f}x"
-                  + (f" (goal >= {SPEEDUP_GOAL}x at 4096)" if T == 4096 else "")
-                  + (f", vs our eager {r['ours']['seconds'] / r['onnxruntime']['seconds']:.2f}x" if "ours" in r else ""))
+    for o in (i for i in impls if i.startswith("onnxruntime")):
+        if len(lengths) > 1:
+            a, b = res[str(lengths[0])][o], res[str(lengths[-1])][o]
+            growth = b["extra_peak_mb"] / max(a["extra_peak_mb"], 1e-9)
+            print(f"  {o} peak memory {lengths[-1]}/{lengths[0]}: x{growth:.2f} (goal <= {MEMORY_GROWTH_GOAL}x; "
+                  f"time x{b['seconds'] / a['seconds']:.2f})")
+        if "transformers" in impls:
+            for T in lengths:
+                r = res[str(T)]
+                print(f"  T={T}: {o} vs transformers' eager {r['transformers']['seconds'] / r[o]['seconds']:.2f}x"
+                      + (f" (goal >= {SPEEDUP_GOAL}x at 4096)" if T == 4096 else "")
+                      + (f", vs our eager {r['ours']['seconds'] / r[o]['seconds']:.2f}x" if "ours" in r else ""))
     print("  MB = peak RSS during the runs minus RSS with the model loaded (weights and inputs excluded)")
 
 
@@ -144,10 +148,12 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     mask = torch.ones(1, T, dtype=torch.long)
     glob = torch.zeros(1, T, dtype=torch.long)
     glob[:, : spec["global_tokens"]] = 1
-    if impl == "onnxruntime":
+    if impl.startswith("onnxruntime"):
         import onnxruntime as ort
 
-        session = ort.InferenceSession(spec["onnx"], providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.enable_cpu_mem_arena = impl == "onnxruntime"
+        session = ort.InferenceSession(spec["onnx"], options, providers=["CPUExecutionProvider"])
         feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "global_attention_mask": glob.numpy()}
 
         def step():
