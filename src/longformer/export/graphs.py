@@ -134,7 +134,7 @@ def load_for_export(path: str | os.PathLike, part: str = "model") -> Exportable:
     else:
         supported = ", ".join([*ENCODER_CLASSES, *LED_CLASSES])
         raise ExportError(f"cannot export architecture {name!r} (from {Path(path) / 'config.json'}): supported are "
-                          f"{supported}")
+                          f"{supported} (a BERT/RoBERTa/BART checkpoint becomes one with `longformer convert`)")
     exp.graph.float().eval()
     return exp
 
