@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "longformer.lm.cli",  # train-lm, eval-lm, generate
     "longformer.led.cli",  # summarize
     "longformer.pretrain",  # pretrain-mlm, eval-mlm
+    "longformer.export",  # export (ONNX)
 )
 
 

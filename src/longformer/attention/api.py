@@ -7,7 +7,7 @@ import torch
 
 from .reference import reference_attention
 
-IMPLS = ("auto", "reference", "blocked", "compiled", "flex")
+IMPLS = ("auto", "reference", "blocked", "compiled", "flex", "export")
 
 
 def sliding_window_attention(
@@ -53,11 +53,12 @@ def sliding_window_attention(
         impl: ``"auto"`` (fastest correct choice), ``"reference"`` (dense O(T^2) spec),
             ``"blocked"`` (memory-linear blocked kernel in PyTorch, any device and dtype) or
             ``"compiled"`` (the fused C++ CPU kernel, built with the system compiler on first use and
-            cached; fp32/bf16/fp16) or ``"flex"`` (torch's FlexAttention with a block mask built from
+            cached; fp32/bf16/fp16), ``"flex"`` (torch's FlexAttention with a block mask built from
             the pattern: compiled on CUDA, eager and O(T^2) in memory on the CPU, where it serves as
-            a check). ``"auto"`` uses the compiled kernel on the CPU when it builds,
-            and falls back to the blocked kernel where it cannot; it never picks ``"flex"``, which
-            has not been measured faster than ``"blocked"`` on a GPU (docs/attention.md).
+            a check) or ``"export"`` (standard ops with static ranks and no T x T tensor, for ONNX /
+            torch.export graphs; no attention dropout). ``"auto"`` uses the compiled kernel on the
+            CPU when it builds, and falls back to the blocked kernel where it cannot; it never picks
+            ``"flex"``, which has not been measured faster than ``"blocked"`` on a GPU (docs/attention.md).
 
     Returns:
         (B, H, T, D) in q's dtype. A row with nothing to attend is 0, never NaN. Softmax statistics
@@ -91,6 +92,15 @@ def sliding_window_attention(
         impl = _choose_impl(q)
     if impl == "reference":
         return reference_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale, dropout)
+    if impl == "export":
+        if dropout is not None:
+            raise ValueError(
+                "impl='export' has no attention dropout (it is made for inference graphs): pass dropout_p=0 "
+                "(eval mode), or train with impl='auto'"
+            )
+        from .exportable import exportable_attention
+
+        return exportable_attention(q, k, v, window, dilations, causal, key_valid, is_global, scale)
     if impl == "compiled":
         from .compiled import compiled_attention
 
@@ -108,6 +118,10 @@ def _choose_impl(q: torch.Tensor) -> str:
     B, H, T, _ = q.shape
     from . import compiled
 
+    if torch.onnx.is_in_onnx_export():
+        # the compiled kernel is a custom op no ONNX runtime knows, and the dense reference is
+        # O(T^2): the export kernel is exact, linear and made of standard ops
+        return "export"
     if torch.compiler.is_compiling():
         # The compiled kernel is a custom op, opaque to the tracer; the blocked kernel plans with
         # data-dependent shapes and cannot be traced, so elsewhere the dense spec is used.

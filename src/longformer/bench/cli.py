@@ -9,6 +9,7 @@ BENCHMARKS = {
     "model": ("longformer.bench.model", "the base-size encoder vs transformers' LongformerModel, plain and accelerated"),
     "led": ("longformer.bench.led", "LED encoder (or generate) time and memory vs T, vs transformers' LED plain and accelerated"),
     "layer": ("longformer.bench.layer", "one layer's forward in a torch profiler trace (share of aten::copy_)"),
+    "export": ("longformer.bench.export", "the ONNX export in onnxruntime vs our eager encoder and transformers'"),
 }
 
 

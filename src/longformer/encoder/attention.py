@@ -7,8 +7,9 @@ once); padded keys are never attended; padded query rows output 0; global rows a
 key with the global projections and overwrite the local result.
 
 The band goes through `longformer.sliding_window_attention`. The global rows are transformers' dense
-(G x T) product in eager mode (O(G * T)); under torch.compile, where shapes cannot depend on how many
-tokens are global, they are a second `sliding_window_attention` call with the global mask.
+(G x T) product in eager mode (O(G * T)); under torch.compile / torch.export and with impl="export",
+where shapes cannot depend on how many tokens are global, they are a second `sliding_window_attention`
+call with the global mask.
 """
 from __future__ import annotations
 
@@ -71,8 +72,10 @@ class LongformerSelfAttention(nn.Module):
         B, T, C = hidden.shape
         if attention_mask is not None and global_mask is not None:
             global_mask = global_mask & attention_mask  # padding wins, as in transformers
-        tracing = torch.compiler.is_compiling()
         impl = self.impl  # under torch.compile, "auto" picks a kernel that traces (see attention/api.py)
+        # the export kernel takes the fixed-shape path in eager mode too, so that eager runs compute
+        # exactly what an exported graph does
+        tracing = torch.compiler.is_compiling() or impl == "export"
         q, k, v = self._heads(self.query(hidden)), self._heads(self.key(hidden)), self._heads(self.value(hidden))
         context = sliding_window_attention(
             q, k, v, self.window, dilation=self.dilation,
