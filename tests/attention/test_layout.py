@@ -61,6 +61,8 @@ CASES = [  # T, D, window, dilation, causal, globals, padding, dropout, fused
 @pytest.mark.parametrize("impl", FAST_IMPLS)
 @pytest.mark.parametrize("T,D,window,dilation,causal,globals_,padding,p,fused", CASES)
 def test_strided_projections_match_the_reference(impl, T, D, window, dilation, causal, globals_, padding, p, fused):
+    if impl == "export" and p:
+        pytest.skip("impl='export' has no attention dropout by design (an inference-graph kernel)")
     B, H = 2, 3
     leaves, qkv = projections(B, T, H, D, torch.float32, fused, seed=T + D)
     key_valid, is_global = masks(B, T, globals_, padding, seed=T)

@@ -9,6 +9,7 @@ transformers = pytest.importorskip("transformers")
 
 from longformer.encoder import (LongformerConfig, LongformerForMaskedLM, LongformerForSequenceClassification,  # noqa: E402
                                 LongformerForTokenClassification, SequenceClassifierOutput)
+from longformer.errors import CheckpointFileError  # noqa: E402
 from longformer.interop import SaveConfigCallback  # noqa: E402
 
 VOCAB, PAD = 61, 1
@@ -154,7 +155,7 @@ def test_trainer_token_classification_without_callback_saves_weights_only(tmp_pa
     trainer.train()
     trainer.save_model()
     assert (tmp_path / "run" / "model.safetensors").is_file() and not (tmp_path / "run" / "config.json").exists()
-    with pytest.raises(FileNotFoundError, match="SaveConfigCallback"):
+    with pytest.raises(CheckpointFileError, match="SaveConfigCallback"):
         LongformerForTokenClassification.from_pretrained(tmp_path / "run")
 
 
