@@ -61,7 +61,7 @@ def _run_faults(text_file: Path, tmp_path: Path, steps: int, kills: int, seed: i
 
 
 def test_kill_and_resume_twice(text_file: Path, tmp_path: Path) -> None:
-    _run_faults(text_file, tmp_path, steps=12, kills=2, seed=0, delays=(2.0, 4.0))
+    _run_faults(text_file, tmp_path, steps=80, kills=2, seed=0, delays=(2.0, 4.0))
 
 
 @pytest.mark.slow
