@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_model_dir
+from pretrain_helpers import build_model_dir
 
 from longformer.pretrain.mlm import MaskedTokenLoss, load_mlm_model
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tokenizer
+from pretrain_helpers import build_tokenizer
 
 from longformer.encoder import load_tokenizer
 from longformer.pretrain.data import PretrainDataError, Vocab, pack, read_documents, tokenize, unpack, vocab_of

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from conftest import build_model_dir
+from pretrain_helpers import build_model_dir
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]

@@ -109,7 +109,7 @@ def test_transformers_computes_the_same_model(corpus_files, tmp_path: Path) -> N
     """A roberta-style model (what transformers' Longformer implements) after pretrain-mlm: transformers'
     LongformerForMaskedLM loads OUT/model and gives our logits."""
     transformers = pytest.importorskip("transformers")
-    from conftest import build_model_dir
+    from pretrain_helpers import build_model_dir
 
     from longformer.encoder import LongformerForMaskedLM
 
