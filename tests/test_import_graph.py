@@ -19,7 +19,7 @@ PACKAGE = Path(longformer.__file__).parent
 # do the commands: what two of them share belongs in a lower layer).
 LAYERS = {
     "errors": 0, "_files": 1, "training": 2,
-    "attention": 3,
+    "attention": 3, "linear": 3,
     "encoder": 4, "lm": 4,
     "led": 5,
     "convert": 6,

@@ -97,7 +97,7 @@ def test_activation_names_compute_what_transformers_computes():
     import torch
 
     act2fn = pytest.importorskip("transformers.activations").ACT2FN
-    from longformer.encoder.activations import ACTIVATIONS
+    from longformer.linear import ACTIVATIONS
 
     x = torch.linspace(-8, 8, 1001)
     for name, fn in ACTIVATIONS.items():

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
+from finetune_helpers import write_jsonl
 
 from longformer.finetune.data import DataError, load_classification, load_qa, load_token_classification
 

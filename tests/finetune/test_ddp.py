@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import classification_rows, write_jsonl
+from finetune_helpers import classification_rows, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import classification_rows, write_jsonl
+from finetune_helpers import classification_rows, write_jsonl
 from fault_helpers import kill_repeatedly, leftovers
 
 from longformer.cli import main

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import WORDS, write_jsonl
+from finetune_helpers import WORDS, write_jsonl
 
 from longformer.finetune.data import QAExample, load_qa
 from longformer.finetune.features import load_tokenizer

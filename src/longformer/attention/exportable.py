@@ -49,7 +49,7 @@ def exportable_attention(
     glob = None
     if is_global is not None:
         band_ok = ~is_global if band_ok is None else band_ok & ~is_global
-        glob = _GlobalSlots(is_global, key_valid)
+        glob = GlobalSlots(is_global, key_valid)
     groups: dict[int, list[int]] = {}  # dilation -> heads
     for h, r in enumerate(dilation):
         groups.setdefault(r, []).append(h)
@@ -61,7 +61,7 @@ def exportable_attention(
         order += heads
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)[:, _inverse(order)]
     if glob is not None:
-        out = glob.overwrite_rows(out, q, k, v, causal, key_valid, scale, stat)
+        out = glob.overwrite_rows(out, glob.take(q), k, v, causal, key_valid, scale, stat)
     return out
 
 
@@ -72,7 +72,7 @@ def _inverse(order: list[int]) -> list[int]:
     return inv
 
 
-class _GlobalSlots:
+class GlobalSlots:
     """The global positions of each batch row, G slots wide (globals first, in order, then fillers)."""
 
     def __init__(self, is_global: torch.Tensor, key_valid: torch.Tensor | None) -> None:
@@ -95,20 +95,23 @@ class _GlobalSlots:
         B, Hx, _, D = x.shape
         return x.gather(2, self.pos[:, None, :, None].expand(B, Hx, self.G, D))
 
-    def overwrite_rows(self, out, q, k, v, causal, key_valid, scale, stat) -> torch.Tensor:
-        """Part 3: global query rows as full attention over every allowed key, (G x T) per head."""
-        B, H, T, D = q.shape
-        s = _scores(self.take(q), k, scale, stat)  # (B, H, G, T)
-        allowed = torch.ones(B, 1, self.G, T, dtype=torch.bool, device=q.device)
+    def overwrite_rows(self, out, q_rows, k, v, causal, key_valid, scale, stat) -> torch.Tensor:
+        """Part 3: global query rows as full attention over every allowed key, (G x T) per head.
+
+        q_rows: (B, H, G, D), the queries at the global slots (`take(q)`, or projected from the global
+        rows alone, as the encoder's separate global projections do). out, k, v: (B, H, T, D)."""
+        B, H, T, D = k.shape
+        s = _scores(q_rows, k, scale, stat)  # (B, H, G, T)
+        allowed = torch.ones(B, 1, self.G, T, dtype=torch.bool, device=k.device)
         if key_valid is not None:
             allowed = allowed & key_valid[:, None, None, :]
         if causal:
-            allowed = allowed & (torch.arange(T, device=q.device)[None, None, :] <= self.pos[:, :, None])[:, None]
+            allowed = allowed & (torch.arange(T, device=k.device)[None, None, :] <= self.pos[:, :, None])[:, None]
         p, has_any = _masked_softmax(s, allowed)
         rows = torch.matmul(p.to(v.dtype), v) * has_any.to(v.dtype)  # (B, H, G, D)
         # position t of a global row takes slot (number of globals before t): one flat gather
         slot = (torch.cumsum(self.is_global.long(), dim=1) - 1).clamp(min=0)  # (B, T)
-        flat = (slot + torch.arange(B, device=q.device)[:, None] * self.G).reshape(-1)
+        flat = (slot + torch.arange(B, device=k.device)[:, None] * self.G).reshape(-1)
         rows = rows.transpose(1, 2).reshape(B * self.G, H * D).index_select(0, flat)
         rows = rows.reshape(B, T, H, D).transpose(1, 2)
         return torch.where(self.is_global[:, None, :, None], rows.to(out.dtype), out)
@@ -135,7 +138,7 @@ def _scores(a: torch.Tensor, b: torch.Tensor, scale: float, stat: torch.dtype) -
     return torch.matmul(a, b.transpose(-1, -2)).to(stat) * scale
 
 
-def _band_group(q, k, v, r: int, w: int, causal: bool, band_ok, glob: _GlobalSlots | None, scale: float,
+def _band_group(q, k, v, r: int, w: int, causal: bool, band_ok, glob: GlobalSlots | None, scale: float,
                 stat: torch.dtype) -> torch.Tensor:
     """Parts 1 and 2 for the heads of one dilation r. q, k, v: (B, Hg, T, D) -> (B, Hg, T, D)."""
     B, Hg, T, D = q.shape

@@ -51,11 +51,9 @@ def build(args: argparse.Namespace):
     is_global = torch.zeros(1, T, dtype=torch.bool)
     is_global[:, : args.globals] = True
     if args.layer == "led":
-        import torch.nn.functional as F
-
         from longformer.led.modeling import LEDEncoderLayer
 
-        layer = LEDEncoderLayer(C, args.heads, args.ffn, args.window, 1, F.gelu, 0.0, 0.0, 0.0)
+        layer = LEDEncoderLayer(C, args.heads, args.ffn, args.window, 1, "gelu", 0.0, 0.0, 0.0)
         layer.self_attn.longformer_self_attn.impl = args.impl
     else:
         from longformer.encoder.modeling import LongformerLayer

@@ -9,7 +9,8 @@ key with the global projections and overwrite the local result.
 The band goes through `longformer.sliding_window_attention`. The global rows are transformers' dense
 (G x T) product in eager mode (O(G * T)); under torch.compile / torch.export and with impl="export",
 where shapes cannot depend on how many tokens are global, they are a second `sliding_window_attention`
-call with the global mask.
+call with the global mask; with impl="export", the export kernel's own (G x T) part for the G global rows
+(G is computed inside the graph).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import torch
 from torch import nn
 
 from ..attention import sliding_window_attention
+from ..attention.exportable import GlobalSlots
+from ..linear import linear
 
 class LongformerSelfAttention(nn.Module):
     """Args:
@@ -76,14 +79,16 @@ class LongformerSelfAttention(nn.Module):
         # the export kernel takes the fixed-shape path in eager mode too, so that eager runs compute
         # exactly what an exported graph does
         tracing = torch.compiler.is_compiling() or impl == "export"
-        q, k, v = self._heads(self.query(hidden)), self._heads(self.key(hidden)), self._heads(self.value(hidden))
+        q, k, v = (self._heads(linear(hidden, p)) for p in (self.query, self.key, self.value))
         context = sliding_window_attention(
             q, k, v, self.window, dilation=self.dilation,
             attention_mask=attention_mask, global_attention_mask=global_mask, impl=impl,
             dropout_p=self.dropout if self.training else 0.0,
         )  # (B, H, T, D)
 
-        if global_mask is not None and tracing:
+        if global_mask is not None and impl == "export":
+            context = self._global_rows_export(context, hidden, attention_mask, global_mask)
+        elif global_mask is not None and tracing:
             context = torch.where(global_mask[:, None, :, None], self._global_rows_core(hidden, attention_mask,
                                                                                         global_mask, impl), context)
         elif global_mask is not None and bool(global_mask.any()):
@@ -106,9 +111,20 @@ class LongformerSelfAttention(nn.Module):
         """Global rows at fixed shapes (under torch.compile): the core with the global mask, where a
         global query sees every unpadded key whatever the window (window 0 keeps the discarded local
         rows cheap). Returns (B, H, T, D); only global rows are meaningful."""
-        qg, kg, vg = (self._heads(p(hidden)) for p in (self.query_global, self.key_global, self.value_global))
+        qg, kg, vg = (self._heads(linear(hidden, p)) for p in (self.query_global, self.key_global, self.value_global))
         return sliding_window_attention(qg, kg, vg, 0, attention_mask=attention_mask,
                                         global_attention_mask=global_mask, impl=impl)
+
+    def _global_rows_export(self, context: torch.Tensor, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
+                            global_mask: torch.Tensor) -> torch.Tensor:
+        """Global rows for impl="export": the export kernel's part 3 (G x T attention, G computed in the
+        graph) on queries projected from the G global rows only, as in eager mode; no T x T tensor."""
+        slots = GlobalSlots(global_mask, attention_mask)
+        h_glob = slots.take(hidden[:, None])[:, 0]  # (B, G, C)
+        qg = self._heads(linear(h_glob, self.query_global))  # (B, H, G, D)
+        kg, vg = (self._heads(linear(hidden, p)) for p in (self.key_global, self.value_global))
+        stat = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        return slots.overwrite_rows(context, qg, kg, vg, False, attention_mask, self.head_dim**-0.5, stat)
 
     def _overwrite_global_rows(self, context: torch.Tensor, hidden: torch.Tensor,
                                attention_mask: torch.Tensor | None, global_mask: torch.Tensor) -> torch.Tensor:
@@ -125,9 +141,9 @@ class LongformerSelfAttention(nn.Module):
         order = torch.argsort((~global_mask).to(torch.int8), dim=1, stable=True)[:, :G]  # (B, G)
         real = torch.arange(G, device=hidden.device)[None, :] < counts[:, None]  # (B, G)
         h_glob = hidden.gather(1, order[:, :, None].expand(B, G, hidden.shape[-1]))  # (B, G, C)
-        qg = self._heads(self.query_global(h_glob))  # (B, H, G, D)
-        kg = self._heads(self.key_global(hidden))  # (B, H, T, D)
-        vg = self._heads(self.value_global(hidden))
+        qg = self._heads(linear(h_glob, self.query_global))  # (B, H, G, D)
+        kg = self._heads(linear(hidden, self.key_global))  # (B, H, T, D)
+        vg = self._heads(linear(hidden, self.value_global))
         if self.training and self.dropout > 0:
             scores = torch.matmul(qg, kg.transpose(-1, -2)).float() * D**-0.5  # (B, H, G, T)
             if attention_mask is not None:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from .._files import atomic_write_json, read_config, require_fields
 from ..errors import CheckpointFileError
 from ..attention.layout import one_sided_from_hf, per_layer_dilations, per_layer_windows
-from .activations import ACTIVATIONS
+from ..linear import ACTIVATIONS
 
 POSITION_STYLES = ("roberta", "bert")
 # Shapes of the released checkpoints (paper Table 8 sizes), for `LongformerConfig.from_name`.

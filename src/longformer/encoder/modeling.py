@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..linear import activation, linear
 from . import compat
-from .activations import activation
 from .attention import LongformerSelfAttention
 from .config import LongformerConfig
 from .inputs import prepare_inputs
@@ -50,7 +50,9 @@ class ResidualNorm(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        if self.training and self.dropout.p > 0:
+            return self.LayerNorm(self.dropout(linear(x, self.dense)) + residual)
+        return self.LayerNorm(linear(x, self.dense, residual=residual))  # one fused GEMM in inference
 
 
 class AttentionBlock(nn.Module):
@@ -70,10 +72,11 @@ class Intermediate(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str) -> None:
         super().__init__()
         self.dense = nn.Linear(hidden_size, intermediate_size)
-        self.act = activation(hidden_act)
+        activation(hidden_act)  # checks the name
+        self.hidden_act = hidden_act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.dense(x))
+        return linear(x, self.dense, self.hidden_act)
 
 
 class LongformerLayer(nn.Module):

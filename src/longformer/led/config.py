@@ -13,9 +13,8 @@ from typing import Any
 
 from .._files import atomic_write_json, read_config, require_fields
 from ..attention.layout import one_sided_from_hf, per_layer_dilations, per_layer_windows
+from ..linear import ACTIVATIONS
 
-ACTIVATIONS = ("gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu",
-               "swish", "mish", "tanh", "sigmoid", "linear")
 
 # Fields an LED config.json must carry (transformers always writes them): the weights' shapes follow.
 SHAPE_FIELDS = ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
@@ -91,7 +90,7 @@ class LEDConfig:
                     f"d_model ({self.d_model}) must be a multiple of {heads_name} ({getattr(self, heads_name)})"
                 )
         if self.activation_function not in ACTIVATIONS:
-            raise ValueError(f"activation_function must be one of {ACTIVATIONS}, got {self.activation_function!r}")
+            raise ValueError(f"activation_function must be one of {sorted(ACTIVATIONS)}, got {self.activation_function!r}")
         for name in ("pad_token_id", "decoder_start_token_id", "bos_token_id"):
             value = getattr(self, name)
             if value is None:

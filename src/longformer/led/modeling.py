@@ -8,8 +8,6 @@ state dict loads without renaming (see hub.py). The encoder self-attention is th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,24 +15,10 @@ from torch import nn
 
 from ..attention.api import check_mask
 from ..encoder.attention import LongformerSelfAttention
+from ..linear import ACTIVATIONS, linear
 from .config import LEDConfig
 from .decoder import LEDDecoder
 
-ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu": F.gelu,
-    "gelu_python": F.gelu,
-    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
-    "mish": F.mish,
-    "sigmoid": torch.sigmoid,
-    "linear": lambda x: x,
-    "gelu_new": partial(F.gelu, approximate="tanh"),
-    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
-    "gelu_fast": partial(F.gelu, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
-    "tanh": torch.tanh,
-}
 
 
 class LEDEncoderAttention(nn.Module):
@@ -50,14 +34,14 @@ class LEDEncoderAttention(nn.Module):
         if attention_mask is not None:
             # transformers zeroes a padded query's attention; do the same so padded positions match too.
             ctx = ctx * attention_mask[..., None].to(ctx.dtype)
-        return self.output(ctx)
+        return linear(ctx, self.output)
 
 
 class LEDEncoderLayer(nn.Module):
     """Post-LayerNorm block: Longformer self-attention, then feed-forward."""
 
     def __init__(self, d_model: int, num_heads: int, ffn_dim: int, window: int, dilation: int | list[int],
-                 activation, dropout: float, attention_dropout: float, activation_dropout: float) -> None:
+                 activation: str, dropout: float, attention_dropout: float, activation_dropout: float) -> None:
         super().__init__()
         self.self_attn = LEDEncoderAttention(d_model, num_heads, window, dilation, attention_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(d_model)
@@ -71,9 +55,10 @@ class LEDEncoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None, global_mask: torch.Tensor | None) -> torch.Tensor:
         h = self.self_attn(x, attention_mask, global_mask)
         x = self.self_attn_layer_norm(x + F.dropout(h, self.dropout, self.training))
-        h = F.dropout(self.activation(self.fc1(x)), self.activation_dropout, self.training)
-        h = F.dropout(self.fc2(h), self.dropout, self.training)
-        return self.final_layer_norm(x + h)
+        h = F.dropout(linear(x, self.fc1, self.activation), self.activation_dropout, self.training)
+        if self.training and self.dropout > 0:
+            return self.final_layer_norm(x + F.dropout(linear(h, self.fc2), self.dropout, self.training))
+        return self.final_layer_norm(linear(h, self.fc2, residual=x))  # one fused GEMM in inference
 
 
 class LEDEncoder(nn.Module):
@@ -81,7 +66,7 @@ class LEDEncoder(nn.Module):
 
     def __init__(self, config: LEDConfig, embed_tokens: nn.Embedding) -> None:
         super().__init__()
-        activation = ACTIVATION_FNS[config.activation_function]
+        activation = config.activation_function  # a name: linear() fuses it into fc1 where it can
         self.embed_tokens = embed_tokens
         self.embed_positions = nn.Embedding(config.max_encoder_position_embeddings, config.d_model)
         self.layers = nn.ModuleList(
@@ -120,7 +105,7 @@ class LEDModel(nn.Module):
     def __init__(self, config: LEDConfig) -> None:
         super().__init__()
         self.config = config
-        activation = ACTIVATION_FNS[config.activation_function]
+        activation = ACTIVATIONS[config.activation_function]
         self.shared = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
         # transformers 5 ties all three embeddings when tie_word_embeddings, and none of them otherwise.
         tied = config.tie_word_embeddings

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..attention import sliding_window_attention
+from ..linear import linear
 from .config import LMConfig
 
 
@@ -61,7 +62,7 @@ class CausalLocalAttention(nn.Module):
     def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """x (B, T, C) -> rotated q, k and v, each (B, H, T, D)."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = linear(x, self.qkv).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -75,7 +76,7 @@ class CausalLocalAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             y = sliding_window_attention(q, k, v, w, dilation=self.dilation, causal=True, impl=self.impl)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return linear(y.transpose(1, 2).reshape(B, T, C), self.proj)
 
 
 class Block(nn.Module):
@@ -90,7 +91,10 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.drop(self.attn(self.ln1(x), cos, sin))
-        return x + self.drop(self.ff(self.ln2(x)))
+        h = linear(self.ln2(x), self.ff[0], "gelu")  # ff = Linear, GELU, Linear (the names of the weights)
+        if self.training and self.drop.p > 0:
+            return x + self.drop(linear(h, self.ff[2]))
+        return linear(h, self.ff[2], residual=x)  # one fused GEMM in inference
 
 
 class LongformerLM(nn.Module):
