@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longformer import linear as lin
-from longformer.linear import ACTIVATIONS, fused_path, linear
+from longformer.linear import ACTIVATIONS, fused_path, linear, training_path
 
 needs_onednn = pytest.mark.skipif(not lin._onednn_available(), reason="this torch build has no oneDNN linear op")
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
@@ -67,17 +67,45 @@ def test_awkward_inputs():
         assert (linear(x2, layer, residual=r) - (F.linear(x2, layer.weight, layer.bias) + r)).abs().max() < 1e-5
 
 
-def test_autograd_takes_the_torch_path_and_its_gradients():
-    layer = make(12, 6)
-    x = torch.randn(4, 12, requires_grad=True)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_training_gradients(bias, frozen):
+    """fp32 with autograd: OneDNNLinear where oneDNN exists (else F.linear); its gradients against
+    float64 F.linear, on a 3-D strided input, a residual and an activation applied after it."""
+    layer = make(48, 20, bias=bias).requires_grad_(not frozen)
+    x = torch.randn(3, 48, 11).transpose(1, 2).requires_grad_(True)  # (3, 11, 48), strided
+    residual = torch.randn(3, 11, 20, requires_grad=True)
+    assert training_path(x, layer) == lin._onednn_available()
     assert not fused_path(x, layer)
-    residual = torch.randn(4, 6, requires_grad=True)
-    y = linear(x, layer, residual=residual)
-    y.pow(2).sum().backward()
-    gx, gw, gr = x.grad.clone(), layer.weight.grad.clone(), residual.grad.clone()
-    x.grad = layer.weight.grad = residual.grad = None
-    (F.linear(x, layer.weight, layer.bias) + residual).pow(2).sum().backward()
-    assert torch.equal(gx, x.grad) and torch.equal(gw, layer.weight.grad) and torch.equal(gr, residual.grad)
+    seed = torch.randn(3, 11, 20)
+    for act, res in (("gelu", None), (None, residual)):
+        got = linear(x, layer, act, res)
+        params = [x, residual] + ([] if frozen else list(layer.parameters()))
+        grads = torch.autograd.grad((got * seed).sum(), [p for p in params if p.requires_grad], allow_unused=True)
+        x64 = x.detach().double().requires_grad_(True)
+        w64 = layer.weight.detach().double().requires_grad_(True)
+        b64 = layer.bias.detach().double().requires_grad_(True) if bias else None
+        r64 = residual.detach().double().requires_grad_(True)
+        want = F.linear(x64, w64, b64)
+        want = ACTIVATIONS[act](want) if act else want + r64
+        refs = [x64, r64] + ([] if frozen else [w64] + ([b64] if bias else []))
+        want_grads = torch.autograd.grad((want * seed.double()).sum(), refs, allow_unused=True)
+        assert (got.double() - want).abs().max() < 1e-4
+        for g, w in zip(grads, want_grads):
+            if w is None:
+                assert g is None or not g.abs().any()
+            else:
+                assert (g.double() - w).abs().max() < 1e-4
+
+
+def test_double_backward_is_refused():
+    layer = make(6, 4)
+    x = torch.randn(2, 6, requires_grad=True)
+    if not training_path(x, layer):
+        pytest.skip("no oneDNN: F.linear, which supports double backward")
+    (gx,) = torch.autograd.grad(linear(x, layer).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice|double"):
+        gx.sum().backward()
 
 
 def test_no_grad_but_frozen_weights_only_still_fused_when_nothing_needs_grad(monkeypatch):
@@ -136,3 +164,12 @@ def test_a_module_standing_in_for_the_linear_runs_its_own_forward():
         assert not fused_path(x, plain)
         linear(x, plain)
     assert calls == [1]
+
+
+def test_autocast_takes_the_torch_path():
+    """Under autocast, F.linear runs in bf16 whatever the weights' dtype: the fused path would not."""
+    layer = make(16, 8)
+    x = torch.randn(3, 16)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused_path(x, layer)
+        assert linear(x, layer).dtype == torch.bfloat16

@@ -3,13 +3,16 @@ activation names.
 
 `linear` computes `activation(layer(x)) + residual`, the same function everywhere. In inference on
 the CPU (no autograd graph, fp32 or bf16, not under torch.compile / torch.export / tracing) it runs as
-ONE oneDNN inner product whose epilogue adds the bias, applies the activation and adds the residual;
-anywhere else as `F.linear`, the activation and an add.
+ONE oneDNN inner product whose epilogue adds the bias, applies the activation and adds the residual.
+In fp32 training on the CPU the three GEMMs (forward, input and weight gradients) run on oneDNN
+(`OneDNNLinear`), the activation and the add as torch ops. Anywhere else: `F.linear`, the activation
+and an add.
 
 Why (one H=12, C=768, T=4096 encoder layer; `longformer bench layer`, 2-core AMD EPYC with
 AVX-512): torch's `F.linear` goes through `addmm`, which first copies the broadcast bias into its
 output (`aten::copy_`, 5-6% of the layer's forward) and, in fp32, through a GEMM that on this CPU is
-half as fast as oneDNN's (768 -> 3072 at T=4096: 109 ms against 60 ms); the activation and the
+half as fast as oneDNN's (768 -> 3072 at T=4096: 109 ms against 60 ms; the input gradient 106 against
+52 ms, the weight gradient 102 against 82 ms with its transposed copies); the activation and the
 residual add are two more passes over the output. `LONGFORMER_ONEDNN=0` turns the fused path off (for
 comparisons; the result agrees within fp32 / bf16 rounding, tests/test_linear.py).
 """
@@ -97,18 +100,63 @@ def _plain(layer: nn.Module) -> bool:
             and not nn.modules.module._global_forward_hooks and not nn.modules.module._global_forward_pre_hooks)
 
 
-def fused_path(x: torch.Tensor, layer: nn.Linear) -> bool:
-    """Whether `linear` takes the oneDNN path for this call (see the module docstring)."""
+def _needs_graph(x: torch.Tensor, layer: nn.Module) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters()))
+
+
+def _onednn_ok(x: torch.Tensor, layer: nn.Module) -> bool:
     if not _plain(layer):
         return False
     w = layer.weight
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or w.dtype != x.dtype:
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters())):
-        return False  # oneDNN's op has no backward
     if x.dim() < 2 or not w.is_contiguous() or _tracing():
         return False
+    if torch.is_autocast_enabled("cpu"):
+        return False  # autocast decides the GEMM's dtype; F.linear is what it casts
     return os.environ.get("LONGFORMER_ONEDNN", "1") != "0" and _onednn_available()
+
+
+def fused_path(x: torch.Tensor, layer: nn.Module) -> bool:
+    """Whether `linear` runs as one fused oneDNN op (inference: no autograd graph to build)."""
+    return not _needs_graph(x, layer) and _onednn_ok(x, layer)
+
+
+def training_path(x: torch.Tensor, layer: nn.Module) -> bool:
+    """Whether `linear` runs as `OneDNNLinear` (an autograd graph is built; fp32 only: bf16 training
+    goes through autocast, which takes F.linear)."""
+    return _needs_graph(x, layer) and x.dtype == torch.float32 and _onednn_ok(x, layer)
+
+
+def _mm_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (M, K) @ b (N, K)^T on oneDNN."""
+    return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+
+
+class OneDNNLinear(torch.autograd.Function):
+    """F.linear with its three GEMMs on oneDNN: the forward, grad_input = g W and grad_weight = g^T x
+    (the last with both operands transposed into contiguous copies, as oneDNN's op reads rows; on the
+    CPU measured in the module docstring the copies cost less than the GEMM gains)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        g = grad.reshape(-1, weight.shape[0]).contiguous()  # (M, out)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _mm_t(g, weight.t().contiguous()).reshape(x.shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = _mm_t(g.t().contiguous(), x.reshape(-1, x.shape[-1]).t().contiguous())
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum(0)
+        return grad_x, grad_w, grad_b
 
 
 def linear(x: torch.Tensor, layer: nn.Module, activation: str | None = None,
@@ -132,7 +180,10 @@ def linear(x: torch.Tensor, layer: nn.Module, activation: str | None = None,
             return y if residual is None else y + residual
         return ACTIVATIONS[activation](torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none",
                                                                           [], ""))
-    y = F.linear(x, layer.weight, layer.bias) if _plain(layer) else layer(x)
+    if training_path(x, layer):
+        y = OneDNNLinear.apply(x, layer.weight, layer.bias)
+    else:
+        y = F.linear(x, layer.weight, layer.bias) if _plain(layer) else layer(x)
     if activation is not None:
         y = ACTIVATIONS[activation](y)
     return y if residual is None else y + residual

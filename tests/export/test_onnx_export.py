@@ -247,3 +247,19 @@ def test_traced_at_1024_run_at_517_and_4096(tmp_path):
         inputs = batch(T, counts, seed=T)
         assert_close(run_onnx(tmp_path / "m.onnx", inputs)["last_hidden_state"],
                      _eager(model_dir, inputs).last_hidden_state, f"T={T}")
+
+
+def test_cli_model_by_hub_id(tmp_path, capsys, offline_hub):
+    """MODEL as a hub id, from an offline hub cache; exported and checked like a directory."""
+    model_dir = save_encoder(tmp_path / "m", "LongformerModel", seed=5)
+    offline_hub("acme/tiny-longformer", model_dir)
+    assert cli.main(["export", "acme/tiny-longformer", str(tmp_path / "m.onnx"), "--trace-length", "48"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    inputs = batch(70, (0, 3), seed=1)
+    assert_close(run_onnx(tmp_path / "m.onnx", inputs)["last_hidden_state"],
+                 _eager(model_dir, inputs).last_hidden_state, "hub id export")
+
+
+def test_cli_hub_id_not_cached(tmp_path, capsys, offline_hub):
+    code, err = _cli(["acme/not-there", str(tmp_path / "o.onnx")], capsys)
+    assert code == 2 and len(err) == 1 and "acme/not-there" in err[0]

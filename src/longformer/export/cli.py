@@ -17,7 +17,7 @@ def register(subparsers) -> None:
             "checker, then onnxruntime against eager PyTorch at a length other than the traced one)."
         ),
     )
-    parser.add_argument("model", help="checkpoint dir (config.json + weights), ours or transformers'")
+    parser.add_argument("model", help="checkpoint dir (config.json + weights, ours or transformers') or a hub id org/name[@revision]")
     parser.add_argument("out", help="the .onnx file to write (replaced atomically)")
     parser.add_argument("--part", choices=("model", "encoder"), default="model",
                         help="model: the whole class named in config.json (default); encoder: its bare encoder "

@@ -16,9 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._files import resolve_checkpoint
 from ..encoder import (LongformerForMaskedLM, LongformerForMultipleChoice, LongformerForQuestionAnswering,
                        LongformerForSequenceClassification, LongformerForTokenClassification, LongformerModel,
                        LongformerSelfAttention)
+from ..errors import CheckpointFileError
 
 INPUT_NAMES = ("input_ids", "attention_mask", "global_attention_mask")
 PARTS = ("model", "encoder")
@@ -106,6 +108,10 @@ def load_for_export(path: str | os.PathLike, part: str = "model") -> Exportable:
     """
     if part not in PARTS:
         raise ExportError(f"--part must be one of {PARTS}, got {part!r}")
+    try:
+        path = resolve_checkpoint(path)  # a local directory, or a hub id through huggingface_hub's cache
+    except CheckpointFileError as err:
+        raise ExportError(str(err)) from None
     name, config = read_architecture(path)
     if name in ENCODER_CLASSES:
         cls, fields = ENCODER_CLASSES[name]
