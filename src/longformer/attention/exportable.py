@@ -147,30 +147,31 @@ def _band_group(q, k, v, r: int, w: int, causal: bool, band_ok, glob: GlobalSlot
     n_keys = 2 if causal else 3  # neighbour blocks per window (previous, own[, next])
     L = n_keys * c
     qb = _blocks(q, r, c, nb)  # (B, Hg, r, nb, c, D)
-    kw, vw = (_windows(_blocks(t, r, c, nb), nb, n_keys) for t in (k, v))  # (B, Hg, r, nb, L, D)
+    # Each block's keys: its window, then (with global tokens) the G global keys, side by side in ONE
+    # tensor, so that one product gives all the scores a row's softmax needs. Concatenating the keys
+    # (rows of D) instead of the scores (rows of L + G) moves D / (L + G) as many bytes.
+    extra_k = extra_v = None
+    if glob is not None:
+        extra_k, extra_v = (glob.take(t)[:, :, None, None].expand(B, Hg, r, nb, glob.G, D) for t in (k, v))
+    kw = _windows(_blocks(k, r, c, nb), nb, n_keys, extra_k)  # (B, Hg, r, nb, L [+ G], D)
+    vw = _windows(_blocks(v, r, c, nb), nb, n_keys, extra_v)
     ok = torch.ones(B, T, dtype=torch.bool, device=q.device) if band_ok is None else band_ok
     ok = _windows(_blocks(ok[:, None, :, None], r, c, nb), nb, n_keys)  # (B, 1, r, nb, L, 1): False past T
     a = torch.arange(c, device=q.device)[:, None]
     rel = torch.arange(L, device=q.device)[None, :] - c - a  # key offset from the query, in its sequence
     in_band = (rel >= -w) & (rel <= (0 if causal else w))  # (c, L)
     allowed = in_band & ok[..., 0][..., None, :]  # (B, 1, r, nb, c, L)
-    s = _scores(qb, kw, scale, stat)  # (B, Hg, r, nb, c, L)
+    s = _scores(qb, kw, scale, stat)  # (B, Hg, r, nb, c, L [+ G])
     if glob is not None:
         G = glob.G
-        kg, vg = glob.take(k)[:, :, None, None], glob.take(v)[:, :, None, None]  # (B, Hg, 1, 1, G, D)
-        sg = _scores(qb, kg, scale, stat)  # (B, Hg, r, nb, c, G)
         g_ok = glob.key_ok[:, None, None, None, None, :]  # (B, 1, 1, 1, 1, G)
         if causal:
             i = _positions(r, c, nb, q.device)  # (r, nb, c): original position of each query row
             g_ok = g_ok & (glob.pos[:, None, None, None, None, :] <= i[None, None, ..., None])
         shape = (B, 1, r, nb, c)
         allowed = torch.cat([allowed.expand(*shape, L), g_ok.expand(*shape, G)], dim=-1)
-        p, has_any = _masked_softmax(torch.cat([s, sg], dim=-1), allowed)
-        p = p.to(v.dtype)
-        o = torch.matmul(p[..., :L], vw) + torch.matmul(p[..., L:], vg)
-    else:
-        p, has_any = _masked_softmax(s, allowed)
-        o = torch.matmul(p.to(v.dtype), vw)  # (B, Hg, r, nb, c, D)
+    p, has_any = _masked_softmax(s, allowed)
+    o = torch.matmul(p.to(v.dtype), vw)  # (B, Hg, r, nb, c, D)
     o = o * has_any.to(o.dtype)
     # back to positions: position t sits in residue t % r at slot t // r. A gather of exactly T rows
     # rather than a slice of the padded ones, whose length the tracer cannot prove to be T
@@ -186,11 +187,12 @@ def _blocks(x: torch.Tensor, r: int, c: int, nb: int) -> torch.Tensor:
     return x.reshape(B, Hx, nb * c, r, E).transpose(2, 3).reshape(B, Hx, r, nb, c, E)
 
 
-def _windows(xb: torch.Tensor, nb: int, n_keys: int) -> torch.Tensor:
-    """(B, Hx, r, nb, c, E) blocks -> (B, Hx, r, nb, n_keys * c, E) key windows: blocks n-1, n (, n+1)
-    side by side, zero (False) beyond the sequence's ends."""
+def _windows(xb: torch.Tensor, nb: int, n_keys: int, extra: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, Hx, r, nb, c, E) blocks -> (B, Hx, r, nb, n_keys * c [+ G], E) key windows: blocks n-1, n
+    (, n+1) side by side, zero (False) beyond the sequence's ends, then `extra` (B, Hx, r, nb, G, E)."""
     padded = F.pad(xb, (0, 0, 0, 0, 1, n_keys - 2))  # one zero block before, one after unless causal
-    return torch.cat([padded[:, :, :, j : j + nb] for j in range(n_keys)], dim=-2)
+    parts = [padded[:, :, :, j : j + nb] for j in range(n_keys)]
+    return torch.cat(parts if extra is None else [*parts, extra], dim=-2)
 
 
 def _positions(r: int, c: int, nb: int, device: torch.device) -> torch.Tensor:
