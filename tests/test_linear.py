@@ -11,6 +11,14 @@ from longformer import linear as lin
 from longformer.linear import ACTIVATIONS, fused_path, linear, training_path
 
 needs_onednn = pytest.mark.skipif(not lin._onednn_available(), reason="this torch build has no oneDNN linear op")
+
+
+@pytest.fixture(autouse=True)
+def _small_shapes_fused(monkeypatch):
+    """These tests use small layers: send them to oneDNN too (real ones pass MIN_MACS by far)."""
+    monkeypatch.setattr(lin, "MIN_MACS", 0)
+
+
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
 
 
@@ -173,3 +181,11 @@ def test_autocast_takes_the_torch_path():
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert not fused_path(x, layer)
         assert linear(x, layer).dtype == torch.bfloat16
+
+
+def test_small_products_stay_on_f_linear(monkeypatch):
+    monkeypatch.setattr(lin, "MIN_MACS", 1 << 24)
+    layer = make(64, 64)
+    with torch.inference_mode():
+        assert not fused_path(torch.randn(10, 64), layer)  # 10 x 64 x 64 multiply-adds
+        assert fused_path(torch.randn(4096, 64), layer) == lin._onednn_available()

@@ -104,10 +104,18 @@ def _needs_graph(x: torch.Tensor, layer: nn.Module) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters()))
 
 
+# Smallest product (rows x in x out multiply-adds) sent to oneDNN. oneDNN builds a primitive for each
+# new shape (measured ~1 ms, then cached) where F.linear starts in ~13 us: worth it for the GEMMs of
+# long inputs (4096 x 768 x 768 = 2.4e9), not for tiny layers or a handful of rows.
+MIN_MACS = 1 << 24
+
+
 def _onednn_ok(x: torch.Tensor, layer: nn.Module) -> bool:
     if not _plain(layer):
         return False
     w = layer.weight
+    if x.numel() // max(x.shape[-1], 1) * w.shape[0] * w.shape[1] < MIN_MACS:
+        return False
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or w.dtype != x.dtype:
         return False
     if x.dim() < 2 or not w.is_contiguous() or _tracing():
