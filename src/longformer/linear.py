@@ -111,7 +111,7 @@ MIN_MACS = 1 << 24
 
 
 def _onednn_ok(x: torch.Tensor, layer: nn.Module) -> bool:
-    if not _plain(layer):
+    if not _plain(layer) or _tracing():  # tracing first: the size test below would guard on symbols
         return False
     w = layer.weight
     if x.numel() // max(x.shape[-1], 1) * w.shape[0] * w.shape[1] < MIN_MACS:
