@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 // MR x NR accumulators: 6 x 2 vectors of the 16 AVX2 registers; AVX-512 has 32, and 8 rows divide the
@@ -210,27 +211,27 @@ static inline vf vexp(vf x) {
 #endif
 }
 
-// C[i][0:NR] (+)= sum_p A(i, p) * B[p][0:NR] for i < mr, A(i, p) = A[i * ars + p * acs]; E is float,
+// C[i][0:NR] (+)= sum_p A(i, p) * B[p][0:NR] for i < R, A(i, p) = A[i * ars + p * acs]; E is float,
 // or uint32_t for bf16 pairs (then p counts pairs and each term is a pair product, see madd).
-// Rows mr..MR-1 of A are read (callers keep them in bounds) and their results dropped.
-template <class E>
-static void kernel(long K, const E *A, long ars, long acs, const E *B, long ldb, float *C, long ldc, int mr,
-                   bool accumulate) {
-    // MR x 2 accumulators held in registers (the loops over i are unrolled, so the array is scalarised)
-    vf acc[MR][2];
+template <class E, int R>
+static void kernel_rows(long K, const E *A, long ars, long acs, const E *B, long ldb, float *C, long ldc,
+                        bool accumulate) {
+    // R x 2 accumulators held in registers (the loops over i are unrolled, so the array is scalarised)
+    vf acc[R][2];
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; i++) acc[i][0] = vf{}, acc[i][1] = vf{};
+    for (int i = 0; i < R; i++) acc[i][0] = vf{}, acc[i][1] = vf{};
     for (long p = 0; p < K; p++) {
         const auto b0 = vload(B), b1 = vload(B + VW);
         const E *ap = A + p * acs;
 #pragma GCC unroll 16
-        for (int i = 0; i < MR; i++) {
+        for (int i = 0; i < R; i++) {
             const auto a = vbcast(ap[i * ars]);
             acc[i][0] = madd(acc[i][0], a, b0), acc[i][1] = madd(acc[i][1], a, b1);
         }
         B += ldb;
     }
-    for (int i = 0; i < mr; i++) {
+#pragma GCC unroll 16
+    for (int i = 0; i < R; i++) {
         float *c = C + i * ldc;
         if (accumulate) {
             vst(c, vld(c) + acc[i][0]);
@@ -242,8 +243,18 @@ static void kernel(long K, const E *A, long ars, long acs, const E *B, long ldb,
     }
 }
 
-// C (m x n, n a multiple of NR) (+)= A (m x K) B (K x n), all rows of A in bounds up to m rounded
-// up to MR. Row tile i0 uses only the K range [klo(i0), khi(i0)) (the band), given by the caller.
+// kernel_rows for mr = 1 .. MR rows: a tail of fewer rows (a single global token's row, say) costs
+// only its own rows. Each row's sums are the same operations in the same order at any R.
+template <class E, int R = MR>
+static void kernel(long K, const E *A, long ars, long acs, const E *B, long ldb, float *C, long ldc, int mr,
+                   bool accumulate) {
+    if constexpr (R > 1)
+        if (mr < R) return kernel<E, R - 1>(K, A, ars, acs, B, ldb, C, ldc, mr, accumulate);
+    kernel_rows<E, R>(K, A, ars, acs, B, ldb, C, ldc, accumulate);
+}
+
+// C (m x n, n a multiple of NR) (+)= A (m x K) B (K x n). Row tile i0 uses only the K range
+// [klo(i0), khi(i0)) (the band), given by the caller.
 template <class E, class Range>
 static void gemm(long m, long n, const E *A, long ars, long acs, const E *B, long ldb, float *C, long ldc,
                  bool accumulate, Range range) {
@@ -313,12 +324,14 @@ struct Problem {
         uint32_t head = fmix32(seed ^ (uint32_t)((b * H + h) * 0x9E3779B1u));
         return fmix32(head ^ ((uint32_t)i * 0x85EBCA77u));
     }
-    // keep_scale where kept, 0 where dropped, for VW queries (row hashes rh) and key position j
-    vf keep(vu rh, long j) const {
-        vu e = fmix32<vu>(rh + (uint32_t)j * 0xC2B2AE3Du);
+    // keep_scale where kept, 0 where dropped, for VW (query, key) pairs: row hashes rh, key positions j
+    vf keep(vu rh, vu j) const {
+        vu e = fmix32<vu>(rh + j * 0xC2B2AE3Du);
         vi kept = (vi)(e >= (vu){} + drop_thr);
         return (vf)((vi)vset(keep_scale) & kept);
     }
+    // ... for VW queries and one key position j
+    vf keep(vu rh, long j) const { return keep(rh, vsetu((uint32_t)j)); }
 };
 
 struct Seq {  // one undilated sequence: rows m, m + r, ... of head h of batch element b
@@ -559,9 +572,9 @@ struct Work {
         if (!G) return;
         auto all_k = [&](long, long &lo, long &hi) { lo = 0, hi = P.dot16 ? Dp / 2 : Dp; };
         if (P.dot16)
-            gemm(Gp, c, Kgb, Dp / 2, 1, Q2, c, Sg, c, false, all_k);
+            gemm(G, c, Kgb, Dp / 2, 1, Q2, c, Sg, c, false, all_k);  // rows G .. Gp - 1: -inf below
         else
-            gemm(Gp, c, Kg, Dp, 1, Qt, c, Sg, c, false, all_k);
+            gemm(G, c, Kg, Dp, 1, Qt, c, Sg, c, false, all_k);
         for (long i = 0; i < Gp; i++) {
             float *srow = Sg + i * c;
             if (i >= G || !gok[i]) {
@@ -638,6 +651,99 @@ struct Work {
     }
 };
 
+static inline float hsum(vf x) {
+    float t = 0.0f;
+    for (int i = 0; i < VW; i++) t += x[i];
+    return t;
+}
+
+// Part 3 of the forward (the global rows' full attention), fused into the band pass: while a block's
+// keys are in cache, the global rows of the head attend them. Block n of a sequence owns its slots
+// n*c .. n*c + c - 1 as keys here, so every key of the head is seen exactly once across the items of
+// its sequences. Per global row a running softmax, in part: the max score m (Gs), the sum l of
+// exp(s - m) (Gs; before dropout) and o = P V (Gs x Dp; dropped out if asked); lf_band_forward merges
+// the parts of a head's items. The scores are fp32 products (bf16 inputs widened), as
+// lf_global_rows_backward recomputes them. Reading K and V again for these rows (torch's flash op, at
+// G = 1) cost 3% of the forward.
+struct GlobalPart {
+    const Work &w;
+    const Problem &P;
+    const long G, c;
+    float *m, *l, *o;
+    float *Qg, *Kt, *S, *Kc, *Vc;  // scaled global queries (G x Dp), block keys transposed (Dp x c), scores (G x c)
+    uint32_t *rh;                  // dropout row hashes of the global rows
+
+    GlobalPart(const Work &w, const void *q, float *part, long Gs)
+        : w(w), P(w.P), G(w.G), c(w.g.c), m(part), l(part + Gs), o(part + 2 * Gs) {
+        const long Dp = P.Dp;
+        Qg = fbuf(10, G * Dp, true);
+        Kt = fbuf(11, Dp * c, false);
+        S = fbuf(12, G * c + MR, false);
+        rh = wbuf(7, G, true);
+        for (long g = 0; g < G; g++) {
+            m[g] = NEG_INF, l[g] = 0.0f;
+            load_row(P.dtype, q, P.sq.at(w.s.b, w.s.h, w.gpos[g]), &Qg[g * Dp], P.D, P.scale);
+            if (P.drop_thr) rh[g] = P.row_hash(w.s.b, w.s.h, w.gpos[g]);
+        }
+        memset(o, 0, G * Dp * sizeof(float));
+        if (P.dot16) Kc = fbuf(13, c * Dp, false), Vc = fbuf(14, c * Dp, false);
+    }
+
+    // the keys of block i0 (packed window from row w0)
+    void block(long i0, long w0, const void *k, const void *v) {
+        const Seq &s = w.s;
+        const long Dp = P.Dp, nk = lmin(c, s.Tr - i0);
+        const float *Kr, *Vr;  // the block's c key and value rows, zero past the sequence
+        if (P.dot16) {         // the packed keys are bf16 pairs: widen the block's own rows
+            memset(Kc, 0, c * Dp * sizeof(float));
+            memset(Vc, 0, c * Dp * sizeof(float));
+            for (long t = 0; t < nk; t++) {
+                load_row(P.dtype, k, row_off(P.sk, s, i0 + t), &Kc[t * Dp], P.D, 1.0f);
+                load_row(P.dtype, v, row_off(P.sv, s, i0 + t), &Vc[t * Dp], P.D, 1.0f);
+            }
+            Kr = Kc, Vr = Vc;
+        } else {
+            Kr = &w.Kp[(w0 + w.g.left) * Dp], Vr = &w.Vp[(w0 + w.g.left) * Dp];
+        }
+        w.transpose_rows(Kr, Kt);
+        gemm(G, c, Qg, Dp, 1, Kt, c, S, c, false, [&](long, long &lo, long &hi) { lo = 0, hi = Dp; });
+        vu lane;
+        for (int i = 0; i < VW; i++) lane[i] = (uint32_t)i;
+        for (long g = 0; g < G; g++) {
+            float *sr = &S[g * c];
+            // keys t < last may be seen: in the sequence and, causal, not after the global row
+            long last = nk;
+            if (P.causal) last = w.gpos[g] < s.m ? 0 : lmin(last, (w.gpos[g] - s.m) / s.r - i0 + 1);
+            float bm = NEG_INF;
+            for (long t = 0; t < c; t++) {
+                const long pos = s.m + (i0 + t) * s.r;
+                if (t >= last || (P.key_valid && !P.key_valid[s.b * P.T + pos])) sr[t] = NEG_INF;
+                bm = fmaxf(bm, sr[t]);
+            }
+            if (bm == NEG_INF) {  // nothing to attend in this block
+                memset(sr, 0, c * sizeof(float));
+                continue;
+            }
+            if (bm > m[g]) {  // a new maximum: rescale what the row has so far
+                const float f = m[g] == NEG_INF ? 0.0f : expf(m[g] - bm);
+                l[g] *= f;
+                for (long d = 0; d < Dp; d++) o[g * Dp + d] *= f;
+                m[g] = bm;
+            }
+            const vf base = vset(m[g]);
+            vf sum = {};
+            for (long t = 0; t < c; t += VW) {
+                vf p = vexp(vld(&sr[t]) - base);
+                sum += p;
+                if (P.drop_thr) p = p * P.keep(vsetu(rh[g]), vsetu((uint32_t)(s.m + (i0 + t) * s.r)) + lane * (uint32_t)s.r);
+                vst(&sr[t], p);
+            }
+            l[g] += hsum(sum);
+        }
+        gemm(G, Dp, S, c, 1, Vr, Dp, o, Dp, true, [&](long, long &lo, long &hi) { lo = 0, hi = nk; });
+    }
+};
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -648,9 +754,12 @@ struct Work {
 #define PV_KC 64
 #endif
 
+// part (null without global tokens): this item's part 3 partials (see GlobalPart), Gs rows
 static void forward_item(const Problem &P, const Seq &s, const Item &it, const void *q, const void *k,
-                         const void *v, void *out, float *lse) {
+                         const void *v, void *out, float *lse, float *part, long Gs) {
     Work w(P, s, it, k, v);
+    std::optional<GlobalPart> glob;
+    if (part && w.G) glob.emplace(w, q, part, Gs);
     const long c = w.g.c, Lp = w.g.Lp, span = w.g.span, Dp = P.Dp, G = w.G, Gp = w.Gp;
     float *St = fbuf(5, Lp * c + MR, false), *Sg = fbuf(6, Gp * c + MR, false), *O = fbuf(7, c * Dp, false),
           *mx = fbuf(8, c, false), *sm = fbuf(9, c, false);
@@ -665,6 +774,7 @@ static void forward_item(const Problem &P, const Seq &s, const Item &it, const v
             w.pack_rows_pairs(q, i0, Q2);
         else
             w.pack_rows(q, P.sq, i0, P.scale, Qt, nullptr);
+        if (glob) glob->block(i0, w0, k, v);
         w.scores(Qt, Q2, w0, i0, St, Sg);
         w.softmax(i0, P.dot16 ? P.scale : 1.0f, St, Sg, mx, sm);
         // O = P V over the band rows of each query tile, plus the global keys, in chunks of PV_KC keys: a
@@ -872,38 +982,6 @@ struct GlobalRows {
     vf keep(long t, long g0) const { return P.keep(vldu(&rh[g0]), t0 + t); }
 };
 
-// Forward partials of the global rows of head (b, h) against keys [t0, t1): per row the max score m,
-// the sum l of exp(s - m), and o = P V with the (kept) probabilities exp(s - m). part: m (Gp), l (Gp),
-// o (Gp x Dp); lf_global_rows_forward merges the parts of all key ranges.
-static void global_rows_forward_item(const Problem &P, long b, long h, long t0, long t1, const void *q,
-                                     const void *k, const void *v, float *part) {
-    GlobalRows R(P, b, h, t0, t1, q, k, v);
-    const long Gp = R.Gp, Dp = P.Dp;
-    float *m = part, *l = part + Gp, *o = part + 2 * Gp, *St = R.St;
-    const vf ninf = vset(NEG_INF);
-    for (long g0 = 0; g0 < Gp; g0 += VW) {
-        vf mx = ninf;
-        for (long t = 0; t < R.np; t++) {
-            const vi ok = R.allowed(t, g0);
-            const vf sv = (vf)(((vi)vld(&St[t * Gp + g0]) & ok) | ((vi)ninf & ~ok));  // masked: -inf
-            vst(&St[t * Gp + g0], sv);
-            mx = vmax(mx, sv);
-        }
-        const vf base = mx == ninf ? vset(0.0f) : mx;  // no key at all: every p = 0
-        vf sum = {};
-        for (long t = 0; t < R.np; t++) {
-            vf p = vexp(vld(&St[t * Gp + g0]) - base);
-            sum += p;
-            if (P.drop_thr) p = p * R.keep(t, g0);
-            vst(&St[t * Gp + g0], p);
-        }
-        vst(&m[g0], mx);
-        vst(&l[g0], sum);
-    }
-    // o (Gp x Dp) = P^T V over the range's keys
-    gemm(Gp, Dp, St, 1, Gp, R.Vc, R.vls, o, Dp, false, [&](long, long &lo, long &hi) { lo = 0, hi = R.n; });
-}
-
 // Backward of the global rows of head (b, h) against keys [t0, t1): adds their share of dK and dV to
 // those key rows (which no other item touches) and of dQ to the global rows (under a lock).
 static void global_rows_backward_item(const Problem &P, long b, long h, long t0, long t1, const void *q,
@@ -998,45 +1076,6 @@ extern "C" {
 
 int lf_simd_width(void) { return VW; }
 
-// Part 3 of the forward: the global rows' full attention (each global row of batch element b against
-// every key). Writes their rows of out (cfg's dtype) and lse, over whatever parts 1 and 2 wrote there.
-void lf_global_rows_forward(const int64_t *cfg, const void *q, const void *k, const void *v, void *out, float *lse,
-                            const uint8_t *key_valid, const int64_t *gpos, const int64_t *gcount, float scale,
-                            int threads) {
-    Problem P = make_problem(cfg, nullptr, key_valid, gpos, gcount, scale);
-    const long chunks = (P.T + KEY_CHUNK - 1) / KEY_CHUNK, Gp = round_up(P.Gmax, NR), stride = Gp * (P.Dp + 2);
-    const std::vector<long> items = global_items(P, chunks);
-    std::vector<float> parts(items.size() * stride);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (long i = 0; i < (long)items.size(); i++) {
-        const long bh = items[i] / chunks, c = items[i] % chunks;
-        global_rows_forward_item(P, bh / P.H, bh % P.H, c * KEY_CHUNK, lmin(P.T, (c + 1) * KEY_CHUNK), q, k, v,
-                                 &parts[i * stride]);
-    }
-    // merge the key ranges of each head: items of one head are consecutive, its own Gp apart inside
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (long i0 = 0; i0 < (long)items.size(); i0 += chunks) {
-        const long bh = items[i0] / chunks, b = bh / P.H, G = P.gcount[b], Gb = round_up(G, NR), D = P.D;
-        std::vector<float> o(D);
-        for (long g = 0; g < G; g++) {
-            float M = NEG_INF, L = 0.0f;
-            for (long c = 0; c < chunks; c++) M = fmaxf(M, parts[(i0 + c) * stride + g]);
-            std::fill(o.begin(), o.end(), 0.0f);
-            if (M != NEG_INF)
-                for (long c = 0; c < chunks; c++) {
-                    const float *part = &parts[(i0 + c) * stride];
-                    if (part[g] == NEG_INF) continue;
-                    const float w = expf(part[g] - M);
-                    L += part[Gb + g] * w;
-                    for (long d = 0; d < D; d++) o[d] += part[2 * Gb + g * P.Dp + d] * w;
-                }
-            const long pos = gpos[b * P.Gmax + g], row = bh * P.T + pos;
-            store_row(P.dtype, out, P.so.at(b, bh % P.H, pos), o.data(), D, L > 0 ? 1.0f / L : 0.0f);
-            lse[row] = L > 0 ? M + logf(L) : NEG_INF;
-        }
-    }
-}
-
 // Part 3 of the backward: the gradients of the global rows' full attention, added to dq, dk and dv
 // (fp32). q, k, v and dout of cfg's dtype; lse and delta (B, H, T) as saved and as written by
 // lf_band_backward. Run after lf_band_backward.
@@ -1057,7 +1096,8 @@ void lf_global_rows_backward(const int64_t *cfg, const void *q, const void *k, c
 
 int lf_bf16_dot_native(void) { return BF16_DOT_NATIVE; }
 
-// q, k, v and out of cfg's dtype; lse fp32
+// Parts 1 to 3 of the forward (the band, every row against the global keys, the global rows'
+// full attention). q, k, v and out of cfg's dtype; lse fp32.
 void lf_band_forward(const int64_t *cfg, const void *q, const void *k, const void *v, void *out, float *lse,
                      const uint8_t *band_ok, const uint8_t *key_valid, const int64_t *gpos, const int64_t *gcount,
                      float scale, int threads) {
@@ -1065,8 +1105,42 @@ void lf_band_forward(const int64_t *cfg, const void *q, const void *k, const voi
     std::vector<Seq> seqs;
     std::vector<Item> items;
     plan(P, threads, seqs, items);
+    const long Gs = round_up(P.Gmax, MR), stride = Gs * (P.Dp + 2), n = (long)items.size();
+    std::vector<float> parts(P.Gmax ? n * stride : 0);  // part 3 partials of each item
+    float *pp = P.Gmax ? parts.data() : nullptr;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (long i = 0; i < (long)items.size(); i++) forward_item(P, seqs[items[i].seq], items[i], q, k, v, out, lse);
+    for (long i = 0; i < n; i++)
+        forward_item(P, seqs[items[i].seq], items[i], q, k, v, out, lse, pp ? pp + i * stride : nullptr, Gs);
+    if (!P.Gmax) return;
+    // merge each head's partials (its items are consecutive) into the global rows of out and lse,
+    // over what parts 1 and 2 wrote there
+    auto head = [&](long i) { const Seq &s = seqs[items[i].seq]; return s.b * P.H + s.h; };
+    std::vector<long> first;
+    for (long i = 0; i < n; i++)
+        if (i == 0 || head(i) != head(i - 1)) first.push_back(i);
+    const long heads = (long)first.size();
+    first.push_back(n);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (long r = 0; r < heads; r++) {
+        const long i0 = first[r], i1 = first[r + 1], bh = head(i0), b = bh / P.H, G = P.gcount[b], D = P.D;
+        std::vector<float> o(D);
+        for (long g = 0; g < G; g++) {
+            float M = NEG_INF, L = 0.0f;
+            for (long i = i0; i < i1; i++) M = fmaxf(M, parts[i * stride + g]);
+            std::fill(o.begin(), o.end(), 0.0f);
+            if (M != NEG_INF)
+                for (long i = i0; i < i1; i++) {
+                    const float *part = &parts[i * stride];
+                    if (part[g] == NEG_INF) continue;
+                    const float f = expf(part[g] - M);
+                    L += part[Gs + g] * f;
+                    for (long d = 0; d < D; d++) o[d] += part[2 * Gs + g * P.Dp + d] * f;
+                }
+            const long pos = gpos[b * P.Gmax + g];
+            store_row(P.dtype, out, P.so.at(b, bh % P.H, pos), o.data(), D, L > 0 ? 1.0f / L : 0.0f);
+            lse[bh * P.T + pos] = L > 0 ? M + logf(L) : NEG_INF;
+        }
+    }
 }
 
 // q, k, v, dout and out (the forward's output) of cfg's dtype, everything else fp32 (the forward's

@@ -130,8 +130,6 @@ def _declare(lib: ctypes.CDLL) -> None:
     f, i = ctypes.c_float, ctypes.c_int
     lib.lf_simd_width.restype = i
     lib.lf_simd_width.argtypes = []
-    lib.lf_global_rows_forward.restype = None
-    lib.lf_global_rows_forward.argtypes = [i64p, p, p, p, p, p, u8p, i64p, i64p, f, i]
     lib.lf_global_rows_backward.restype = None
     lib.lf_global_rows_backward.argtypes = [i64p, p, p, p, p, p, p, p, p, p, u8p, i64p, i64p, f, i]
     lib.lf_bf16_dot_native.restype = i

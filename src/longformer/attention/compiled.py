@@ -2,9 +2,9 @@
 
 Parts 1 and 2 of the pattern (the band, and every row against the global keys; see blocked.py) run
 fused in _kernel.cpp, forward and backward, over all heads, dilations and batch elements in one
-call. Part 3 (the global rows as full attention, G x T) runs in the kernel's backward too, over
-ranges of keys in parallel; its forward goes through torch's fused flash op (faster at few global
-rows), or the kernel when dropout is on.
+call. Part 3 (the global rows as full attention, G x T) runs in the same forward pass (each block's
+keys are attended by the global rows while they are in cache) and in a second kernel call of the
+backward, over ranges of keys in parallel.
 The kernel reads fp32, bf16 or fp16 inputs as they are and widens them while packing; it computes in
 fp32, so low-precision results carry only their final rounding. The one exception is the bf16
 forward on CPUs with AVX512-BF16 (see BF16_DOT): its products take bf16 operands, probabilities
@@ -20,8 +20,7 @@ import os
 import torch
 
 from . import _native
-from ._band import NEG_INF
-from .blocked import _global_masks, _Plan
+from .blocked import _Plan
 from .dropout import threshold
 
 BLOCK = 64  # query rows per block: a multiple of the kernel's 2 * SIMD width (16 or 32 floats)
@@ -193,20 +192,6 @@ def _forward(q, k, v, key_valid, is_global, window, dilation, causal, scale, dro
         _ptr(args.cfg), _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), args.band_ok, args.key_valid,
         args.gpos_p, args.gcount_p, float(scale), torch.get_num_threads(),
     )
-    if args.any_global and args.thr:
-        # part 3 (the global rows' full attention) with dropout: in the kernel, key ranges in parallel
-        # merged by their log-sum-exps
-        _native.load().lf_global_rows_forward(
-            _ptr(args.cfg), _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), args.key_valid, args.gpos_p,
-            args.gcount_p, float(scale), torch.get_num_threads(),
-        )
-    elif args.any_global:
-        # without dropout through torch's fused flash op, which reads k and v where they are: measured at
-        # T=4096, H=12, fp32, in one process against the kernel's version: 2.7 vs 4.3 ms at G=1, 3.9 vs
-        # 3.7 ms at G=8, 13.1 vs 10.8 ms at G=64. It takes bf16/fp16 as they are, accumulating in fp32.
-        for b, idx in enumerate(plan.global_idx):
-            if idx is not None:
-                _global_rows_flash_forward(plan, b, idx, q[b], k[b], v[b], out[b], lse[b])
     return out, lse
 
 
@@ -235,28 +220,3 @@ def _backward(dout, q, k, v, out, lse, key_valid, is_global, window, dilation, c
             _ptr(dv), args.key_valid, args.gpos_p, args.gcount_p, float(scale), torch.get_num_threads(),
         )
     return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype)
-
-
-# Part 3 forward without dropout (the G global rows, full attention over T keys) through torch's fused
-# CPU flash-attention op, which also returns the log-sum-exp that the backward needs (the op's own
-# dropout is not our hash mask: with dropout the kernel's lf_global_rows_forward runs instead).
-def _flash_mask(plan: _Plan, b: int, idx: torch.Tensor):
-    """(additive (G, T) mask or None, bool (G,) rows with no key at all)."""
-    _, allowed = _global_masks(plan, b, idx, plan.T)
-    if bool(allowed.all()):
-        return None, None
-    empty = ~allowed.any(dim=-1)
-    mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill_(~allowed, NEG_INF)
-    return mask, (empty if bool(empty.any()) else None)
-
-
-def _global_rows_flash_forward(plan: _Plan, b, idx, q, k, v, out, lse) -> None:
-    mask, empty = _flash_mask(plan, b, idx)
-    o, lr = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        q[None, :, idx], k[None], v[None], attn_mask=mask, scale=plan.scale
-    )[:2]
-    o, lr = o[0], lr[0]  # (H, G, D), (H, G)
-    if empty is not None:  # a global row with no key to attend: 0, never NaN
-        o, lr = o.masked_fill(empty[None, :, None], 0.0), lr.masked_fill(empty[None, :], NEG_INF)
-    out[:, idx] = o.to(out.dtype)
-    lse[:, idx] = lr
