@@ -672,6 +672,7 @@ struct GlobalPart {
     float *m, *l, *o;
     float *Qg, *Kt, *S, *Kc, *Vc;  // scaled global queries (G x Dp), block keys transposed (Dp x c), scores (G x c)
     uint32_t *rh;                  // dropout row hashes of the global rows
+    int32_t *kok;                  // per key of the block: may the global rows attend it (lanes)
 
     GlobalPart(const Work &w, const void *q, float *part, long Gs)
         : w(w), P(w.P), G(w.G), c(w.g.c), m(part), l(part + Gs), o(part + 2 * Gs) {
@@ -680,6 +681,7 @@ struct GlobalPart {
         Kt = fbuf(11, Dp * c, false);
         S = fbuf(12, G * c + MR, false);
         rh = wbuf(7, G, true);
+        kok = (int32_t *)fbuf(15, c, false);
         for (long g = 0; g < G; g++) {
             m[g] = NEG_INF, l[g] = 0.0f;
             load_row(P.dtype, q, P.sq.at(w.s.b, w.s.h, w.gpos[g]), &Qg[g * Dp], P.D, P.scale);
@@ -707,19 +709,29 @@ struct GlobalPart {
         }
         w.transpose_rows(Kr, Kt);
         gemm(G, c, Qg, Dp, 1, Kt, c, S, c, false, [&](long, long &lo, long &hi) { lo = 0, hi = Dp; });
+        // the block's keys that exist and are valid, as lanes of all ones or zero
+        int32_t *ok = kok;
+        for (long t = 0; t < c; t++)
+            ok[t] = t < nk && (!P.key_valid || P.key_valid[s.b * P.T + s.m + (i0 + t) * s.r]) ? -1 : 0;
         vu lane;
         for (int i = 0; i < VW; i++) lane[i] = (uint32_t)i;
+        const vf ninf = vset(NEG_INF);
         for (long g = 0; g < G; g++) {
             float *sr = &S[g * c];
-            // keys t < last may be seen: in the sequence and, causal, not after the global row
-            long last = nk;
-            if (P.causal) last = w.gpos[g] < s.m ? 0 : lmin(last, (w.gpos[g] - s.m) / s.r - i0 + 1);
-            float bm = NEG_INF;
-            for (long t = 0; t < c; t++) {
-                const long pos = s.m + (i0 + t) * s.r;
-                if (t >= last || (P.key_valid && !P.key_valid[s.b * P.T + pos])) sr[t] = NEG_INF;
-                bm = fmaxf(bm, sr[t]);
+            // causal: keys t < last only (not after the global row)
+            long last = c;
+            if (P.causal) last = w.gpos[g] < s.m ? 0 : lmin(c, (w.gpos[g] - s.m) / s.r - i0 + 1);
+            vf mx = ninf;
+            for (long t = 0; t < c; t += VW) {
+                vi allowed;
+                memcpy(&allowed, &ok[t], sizeof allowed);
+                allowed &= (vi)((vi)(lane + (uint32_t)t) < (vi)vsetu((uint32_t)lmax(last, 0)));
+                const vf sv = (vf)(((vi)vld(&sr[t]) & allowed) | ((vi)ninf & ~allowed));
+                vst(&sr[t], sv);
+                mx = vmax(mx, sv);
             }
+            float bm = NEG_INF;
+            for (int i = 0; i < VW; i++) bm = mx[i] > bm ? mx[i] : bm;
             if (bm == NEG_INF) {  // nothing to attend in this block
                 memset(sr, 0, c * sizeof(float));
                 continue;
