@@ -36,7 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", type=int, default=12, help="attention heads (default 12)")
     parser.add_argument("--intermediate", type=int, default=3072, help="FFN size (default 3072)")
     parser.add_argument("--global-tokens", type=int, default=1, help="leading global tokens (default 1)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up (default 2; median)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up (default 3; median)")
+    # onnxruntime's default session runs its second call at about twice the steady time while its memory
+    # arena settles (measured at T=4096: 1.37, 2.26, 1.20, 1.18 s): one warm-up run was not enough, and
+    # a median of two then averaged in that call. Every implementation gets the same warm-up.
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first, for every implementation "
+                        "(default 2; their times are printed)")
     parser.add_argument("--impls", type=str, default=",".join(IMPLS), help=f"subset of {','.join(IMPLS)}")
     parser.add_argument("--json", type=str, default=None, metavar="PATH", help="also write the results as JSON")
 
@@ -51,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"longformer bench export: error: need --lengths of ints >= 2 and --impls from {IMPLS}; got "
               f"{args.lengths!r}, {args.impls!r}", file=sys.stderr)
         return 2
-    if args.hidden % args.heads or args.layers < 1 or args.repeats < 1 or not 0 <= args.global_tokens <= min(lengths):
+    if (args.hidden % args.heads or args.layers < 1 or args.repeats < 1 or args.warmup < 0
+            or not 0 <= args.global_tokens <= min(lengths)):
         print("longformer bench export: error: need --hidden divisible by --heads, --layers and --repeats >= 1, "
+              "--warmup >= 0, "
               "0 <= --global-tokens <= the shortest length", file=sys.stderr)
         return 2
     from ..export import export_onnx
@@ -73,11 +80,12 @@ def run(args: argparse.Namespace) -> int:
                 out = tmp / f"out-{impl}.npy" if T == min(lengths) else None
                 results[T][impl] = _run_worker({"impl": impl, "length": T, "model_dir": str(tmp / "model"),
                                                 "onnx": str(tmp / "model.onnx"), "repeats": args.repeats,
+                                                "warmup": args.warmup,
                                                 "global_tokens": args.global_tokens,
                                                 "output_path": str(out) if out else None}, tmp)
         diffs = _compare(tmp, impls)
     report = {"config": {k: getattr(args, k) for k in ("layers", "window", "hidden", "heads", "intermediate",
-                                                       "global_tokens", "repeats")},
+                                                       "global_tokens", "repeats", "warmup")},
               "lengths": lengths, "export_seconds": export_seconds,
               "export_check_max_abs_diff": exported.max_abs_diff if exported else None,
               "max_abs_diff_vs_ours": diffs, "results": {str(T): r for T, r in results.items()}}
@@ -99,7 +107,7 @@ def _compare(tmp: Path, impls: list[str]) -> dict[str, float]:
 def _print(report: dict[str, Any], lengths: list[int], impls: list[str]) -> None:
     c = report["config"]
     print(f"\nbench export: {c['layers']} layers x {c['hidden']} ({c['heads']} heads, FFN {c['intermediate']}), B=1, "
-          f"w={c['window']}, {c['global_tokens']} global token(s), fp32; median of {c['repeats']} after a warm-up; "
+          f"w={c['window']}, {c['global_tokens']} global token(s), fp32; median of {c['repeats']} after {c['warmup']} warm-up run(s); "
           f"export took {report['export_seconds']:.0f} s")
     for impl, d in report["max_abs_diff_vs_ours"].items():
         print(f"same weights check at T={lengths[0]}: max |{impl} - ours| = {d:.2e}")
@@ -120,6 +128,11 @@ def _print(report: dict[str, Any], lengths: list[int], impls: list[str]) -> None
                 print(f"  T={T}: {o} vs transformers' eager {r['transformers']['seconds'] / r[o]['seconds']:.2f}x"
                       + (f" (goal >= {SPEEDUP_GOAL}x at 4096)" if T == 4096 else "")
                       + (f", vs our eager {r['ours']['seconds'] / r[o]['seconds']:.2f}x" if "ours" in r else ""))
+    for T in lengths:
+        r = report["results"][str(T)]
+        if c["warmup"]:
+            print(f"  T={T} warm-up runs (s): " + "; ".join(
+                f"{i} " + ", ".join(f"{x:.2f}" for x in r[i]["all_seconds"][: c["warmup"]]) for i in impls))
     print("  MB = peak RSS during the runs minus RSS with the model loaded (weights and inputs excluded)")
 
 
@@ -174,14 +187,15 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     with open("/proc/self/clear_refs", "w") as f:  # peak RSS starts again from here (Linux >= 4.0)
         f.write("5")
     seconds = []
-    for _ in range(1 + spec["repeats"]):
+    warmup = spec.get("warmup", 1)
+    for _ in range(warmup + spec["repeats"]):
         start = time.perf_counter()
         out = step()
         seconds.append(time.perf_counter() - start)
     _, peak = _rss_mb()
     if spec.get("output_path"):
         np.save(spec["output_path"], out)
-    return {"seconds": statistics.median(seconds[1:]), "all_seconds": seconds, "rss_before_mb": before,
+    return {"seconds": statistics.median(seconds[warmup:]), "all_seconds": seconds, "rss_before_mb": before,
             "peak_mb": peak, "extra_peak_mb": peak - before, "threads": torch.get_num_threads()}
 
 
