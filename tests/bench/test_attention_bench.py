@@ -72,6 +72,15 @@ def test_bench_rejects_bad_arguments():
         bench.run(parser.parse_args(["--dilation", "1,2", "--lengths", "8"]))
 
 
+@pytest.mark.parametrize("bad", [["--dilation", "x"], ["--dilation", "0"], ["--impls", "nope"], ["--repeats", "0"]])
+def test_cli_bad_arguments_are_one_line(bad, capsys):
+    from longformer.cli import main
+
+    assert main(["bench", "attention", *bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("longformer bench: error: --"), err
+
+
 def test_bench_flex_row_and_device_choice(tmp_path):
     """impl="flex" is a row like any library implementation (eager on the CPU, no compile time), and
     --device cuda says clearly when there is no GPU."""

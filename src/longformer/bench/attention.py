@@ -48,6 +48,7 @@ import subprocess
 import sys
 
 from .._files import atomic_write_text
+from ..errors import LongformerError
 
 PEERS = ("sdpa-dense", "transformers", "local-attention", "flash-attn")
 WORKER = "from longformer.bench.attention import _worker; _worker()"
@@ -82,6 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class BenchArgumentError(LongformerError, ValueError):
+    """A bad `bench attention` option: the CLI prints it as one line (exit 2)."""
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -93,21 +98,24 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda: torch.cuda.is_available() is False here; run on a machine with a GPU or use --device cpu")
+            raise BenchArgumentError("--device cuda: torch.cuda.is_available() is False here; run on a machine with a GPU or use --device cpu")
     if args.lengths is None:
         args.lengths = [4096] if args.variants else [4096, 16384, 65536] if args.device == "cuda" else [1024, 4096, 16384]
-    dilation = [int(x) for x in str(args.dilation).split(",")]
+    try:
+        dilation = [int(x) for x in str(args.dilation).split(",")]
+    except ValueError:
+        dilation = [0]
     if len(dilation) not in (1, args.heads) or min(dilation) < 1:
-        raise ValueError(f"--dilation must be one int >= 1 or {args.heads} comma-separated ints, got {args.dilation!r}")
+        raise BenchArgumentError(f"--dilation must be one int >= 1 or {args.heads} comma-separated ints, got {args.dilation!r}")
     if min(args.lengths) < 1 or args.window < 0 or args.globals < 0 or args.repeats < 1:
-        raise ValueError("--lengths and --repeats must be >= 1, --window and --globals >= 0")
+        raise BenchArgumentError("--lengths and --repeats must be >= 1, --window and --globals >= 0")
     ours = [i for i in IMPLS if i not in ("auto", "reference")]
     known = ours + ["reference", *PEERS]
     cpu_only = ("compiled",) if args.device == "cuda" else ("flash-attn",)
     impls = args.impls or [i for i in ours + list(PEERS) if i not in cpu_only]
     for name in impls:
         if name not in known:
-            raise ValueError(f"--impls: unknown implementation {name!r}, expected some of {known}")
+            raise BenchArgumentError(f"--impls: unknown implementation {name!r}, expected some of {known}")
     base = dict(
         window=args.window, heads=args.heads, head_dim=args.head_dim, batch=args.batch, dtype=args.dtype,
         globals=args.globals, dilation=dilation, causal=args.causal, repeats=args.repeats, device=args.device,
