@@ -118,7 +118,7 @@ def _onednn_ok(x: torch.Tensor, layer: nn.Module) -> bool:
         return False
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or w.dtype != x.dtype:
         return False
-    if x.dim() < 2 or not w.is_contiguous() or _tracing():
+    if x.dim() < 2 or not w.is_contiguous():
         return False
     if torch.is_autocast_enabled("cpu"):
         return False  # autocast decides the GEMM's dtype; F.linear is what it casts

@@ -670,7 +670,8 @@ struct GlobalPart {
     const Problem &P;
     const long G, c;
     float *m, *l, *o;
-    float *Qg, *Kt, *S, *Kc, *Vc;  // scaled global queries (G x Dp), block keys transposed (Dp x c), scores (G x c)
+    float *Qg, *Kt, *S;            // scaled global queries (G x Dp), block keys transposed (Dp x c), scores (G x c)
+    float *Kc = nullptr, *Vc = nullptr;  // bf16 pair products: the block's keys and values widened to fp32
     uint32_t *rh;                  // dropout row hashes of the global rows
     int32_t *kok;                  // per key of the block: may the global rows attend it (lanes)
 
@@ -710,9 +711,8 @@ struct GlobalPart {
         w.transpose_rows(Kr, Kt);
         gemm(G, c, Qg, Dp, 1, Kt, c, S, c, false, [&](long, long &lo, long &hi) { lo = 0, hi = Dp; });
         // the block's keys that exist and are valid, as lanes of all ones or zero
-        int32_t *ok = kok;
         for (long t = 0; t < c; t++)
-            ok[t] = t < nk && (!P.key_valid || P.key_valid[s.b * P.T + s.m + (i0 + t) * s.r]) ? -1 : 0;
+            kok[t] = t < nk && (!P.key_valid || P.key_valid[s.b * P.T + s.m + (i0 + t) * s.r]) ? -1 : 0;
         vu lane;
         for (int i = 0; i < VW; i++) lane[i] = (uint32_t)i;
         const vf ninf = vset(NEG_INF);
@@ -720,12 +720,12 @@ struct GlobalPart {
             float *sr = &S[g * c];
             // causal: keys t < last only (not after the global row)
             long last = c;
-            if (P.causal) last = w.gpos[g] < s.m ? 0 : lmin(c, (w.gpos[g] - s.m) / s.r - i0 + 1);
+            if (P.causal) last = w.gpos[g] < s.m ? 0 : lmax(0, lmin(c, (w.gpos[g] - s.m) / s.r - i0 + 1));
             vf mx = ninf;
             for (long t = 0; t < c; t += VW) {
                 vi allowed;
-                memcpy(&allowed, &ok[t], sizeof allowed);
-                allowed &= (vi)((vi)(lane + (uint32_t)t) < (vi)vsetu((uint32_t)lmax(last, 0)));
+                memcpy(&allowed, &kok[t], sizeof allowed);
+                allowed &= (vi)((vi)(lane + (uint32_t)t) < (vi)vsetu((uint32_t)last));
                 const vf sv = (vf)(((vi)vld(&sr[t]) & allowed) | ((vi)ninf & ~allowed));
                 vst(&sr[t], sv);
                 mx = vmax(mx, sv);
@@ -934,7 +934,8 @@ static void backward_item(const Problem &P, const Seq &s, const Item &it, const 
 }
 
 // ---------------------------------------------------------------------------------------------
-// part 3: the global rows (full attention over every key), per head and range of keys
+// part 3 of the backward: the global rows (full attention over every key), per head and range of keys
+// (the forward's part 3 is GlobalPart, inside the band pass)
 
 static const long KEY_CHUNK = 512;  // keys per work item of the global rows
 
@@ -1084,6 +1085,41 @@ static Problem make_problem(const int64_t *cfg, const uint8_t *band_ok, const ui
     return P;
 }
 
+// Part 3's partials of a forward (GlobalPart, one per work item), merged per head (its items are
+// consecutive) by their log-sum-exps into the global rows of out and lse, over what parts 1 and 2
+// wrote there.
+static void merge_global_parts(const Problem &P, const std::vector<Seq> &seqs, const std::vector<Item> &items,
+                               const std::vector<float> &parts, long Gs, void *out, float *lse, int threads) {
+    const long n = (long)items.size(), stride = Gs * (P.Dp + 2);
+    auto head = [&](long i) { const Seq &s = seqs[items[i].seq]; return s.b * P.H + s.h; };
+    std::vector<long> first;
+    for (long i = 0; i < n; i++)
+        if (i == 0 || head(i) != head(i - 1)) first.push_back(i);
+    const long heads = (long)first.size();
+    first.push_back(n);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (long r = 0; r < heads; r++) {
+        const long i0 = first[r], i1 = first[r + 1], bh = head(i0), b = bh / P.H, G = P.gcount[b], D = P.D;
+        std::vector<float> o(D);
+        for (long g = 0; g < G; g++) {
+            float M = NEG_INF, L = 0.0f;
+            for (long i = i0; i < i1; i++) M = fmaxf(M, parts[i * stride + g]);
+            std::fill(o.begin(), o.end(), 0.0f);
+            if (M != NEG_INF)
+                for (long i = i0; i < i1; i++) {
+                    const float *part = &parts[i * stride];
+                    if (part[g] == NEG_INF) continue;
+                    const float f = expf(part[g] - M);
+                    L += part[Gs + g] * f;
+                    for (long d = 0; d < D; d++) o[d] += part[2 * Gs + g * P.Dp + d] * f;
+                }
+            const long pos = P.gpos[b * P.Gmax + g];
+            store_row(P.dtype, out, P.so.at(b, bh % P.H, pos), o.data(), D, L > 0 ? 1.0f / L : 0.0f);
+            lse[bh * P.T + pos] = L > 0 ? M + logf(L) : NEG_INF;
+        }
+    }
+}
+
 extern "C" {
 
 int lf_simd_width(void) { return VW; }
@@ -1123,36 +1159,7 @@ void lf_band_forward(const int64_t *cfg, const void *q, const void *k, const voi
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (long i = 0; i < n; i++)
         forward_item(P, seqs[items[i].seq], items[i], q, k, v, out, lse, pp ? pp + i * stride : nullptr, Gs);
-    if (!P.Gmax) return;
-    // merge each head's partials (its items are consecutive) into the global rows of out and lse,
-    // over what parts 1 and 2 wrote there
-    auto head = [&](long i) { const Seq &s = seqs[items[i].seq]; return s.b * P.H + s.h; };
-    std::vector<long> first;
-    for (long i = 0; i < n; i++)
-        if (i == 0 || head(i) != head(i - 1)) first.push_back(i);
-    const long heads = (long)first.size();
-    first.push_back(n);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (long r = 0; r < heads; r++) {
-        const long i0 = first[r], i1 = first[r + 1], bh = head(i0), b = bh / P.H, G = P.gcount[b], D = P.D;
-        std::vector<float> o(D);
-        for (long g = 0; g < G; g++) {
-            float M = NEG_INF, L = 0.0f;
-            for (long i = i0; i < i1; i++) M = fmaxf(M, parts[i * stride + g]);
-            std::fill(o.begin(), o.end(), 0.0f);
-            if (M != NEG_INF)
-                for (long i = i0; i < i1; i++) {
-                    const float *part = &parts[i * stride];
-                    if (part[g] == NEG_INF) continue;
-                    const float f = expf(part[g] - M);
-                    L += part[Gs + g] * f;
-                    for (long d = 0; d < D; d++) o[d] += part[2 * Gs + g * P.Dp + d] * f;
-                }
-            const long pos = gpos[b * P.Gmax + g];
-            store_row(P.dtype, out, P.so.at(b, bh % P.H, pos), o.data(), D, L > 0 ? 1.0f / L : 0.0f);
-            lse[bh * P.T + pos] = L > 0 ? M + logf(L) : NEG_INF;
-        }
-    }
+    if (P.Gmax) merge_global_parts(P, seqs, items, parts, Gs, out, lse, threads);
 }
 
 // q, k, v, dout and out (the forward's output) of cfg's dtype, everything else fp32 (the forward's

@@ -101,10 +101,8 @@ def run(args: argparse.Namespace) -> int:
             raise BenchArgumentError("--device cuda: torch.cuda.is_available() is False here; run on a machine with a GPU or use --device cpu")
     if args.lengths is None:
         args.lengths = [4096] if args.variants else [4096, 16384, 65536] if args.device == "cuda" else [1024, 4096, 16384]
-    try:
-        dilation = [int(x) for x in str(args.dilation).split(",")]
-    except ValueError:
-        dilation = [0]
+    parts = str(args.dilation).split(",")
+    dilation = [int(x) for x in parts] if all(x.strip().isdigit() for x in parts) else []
     if len(dilation) not in (1, args.heads) or min(dilation) < 1:
         raise BenchArgumentError(f"--dilation must be one int >= 1 or {args.heads} comma-separated ints, got {args.dilation!r}")
     if min(args.lengths) < 1 or args.window < 0 or args.globals < 0 or args.repeats < 1:
