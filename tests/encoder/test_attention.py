@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from longformer.encoder.attention import LongformerSelfAttention
+from longformer.encoder.attention import LongformerSelfAttention, folded_global_rows, folding_pays
 
 
 def dense_layer(m: LongformerSelfAttention, x, valid, glob, window, dilation):
@@ -44,6 +44,9 @@ CASES = [  # T, window, dilation, padded lengths, global positions per row
     (13, 3, [1, 2, 3, 1], [13, 6], [[0, 12], [5, 10]]),
     (97, 4, [1, 1, 2, 4], [97, 70], [[0, 50, 96], [69, 80]]),
     (97, 5, 1, None, [[], []]),
+    # 13 global tokens in row 0: past folding_pays (G (H - 1) < C), so the global rows take the
+    # projected path; every case above takes the folded one
+    (97, 4, [1, 2, 1, 1], [97, 70], [list(range(0, 97, 8)), [3, 69, 80]]),
 ]
 
 
@@ -73,3 +76,45 @@ def test_layer_attention_matches_dense_statement(impl, T, window, dilation, leng
     scale = max(w.abs().max().item() for w in want_grads)
     for name, g, w in zip(["x", *(n for n, _ in m.named_parameters())], got_grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=2e-6 * max(1.0, scale), msg=lambda e: f"{name}: {e}")
+
+
+def test_the_new_case_takes_the_projected_path():
+    assert folding_pays(3, 4, 32) and not folding_pays(13, 4, 32)
+    assert folding_pays(69, 12, 768) and not folding_pays(70, 12, 768)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_folded_global_rows_equal_projected(dtype, bias, dropout):
+    """The folded formulation against attention over key(hidden), value(hidden): padding, a row with
+    no valid key (0 out), no bias, dropout (the same draw: both drop on (B, H, G, T) probabilities),
+    forward and gradients."""
+    torch.manual_seed(0)
+    B, T, C, H, G = 3, 29, 24, 3, 4
+    D = C // H
+    key, value = (torch.nn.Linear(C, C, bias=bias).to(dtype) for _ in range(2))
+    hidden = torch.randn(B, T, C, dtype=dtype, requires_grad=True)
+    q = torch.randn(B, H, G, D, dtype=dtype, requires_grad=True)
+    valid = torch.arange(T)[None] < torch.tensor([T, 11, 0])[:, None]
+
+    def projected():
+        k, v = (m(hidden).view(B, T, H, D).transpose(1, 2) for m in (key, value))
+        s = (q @ k.transpose(-1, -2)) * D**-0.5
+        p = torch.softmax(s.masked_fill(~valid[:, None, None, :], float("-inf")), -1).nan_to_num(0.0)
+        return torch.nn.functional.dropout(p, dropout, training=True) @ v
+
+    named = [("hidden", hidden), ("q", q), *(("key." + n, t) for n, t in key.named_parameters()),
+             *(("value." + n, t) for n, t in value.named_parameters())]
+    params = [t for _, t in named]
+    torch.manual_seed(1)
+    got = folded_global_rows(q, hidden, key, value, valid, D**-0.5, dropout)
+    torch.manual_seed(1)
+    want = projected()
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got, want, **tol)
+    assert got[2].abs().max() == 0  # the row with no valid key
+    grad = torch.randn_like(got)
+    for (name, _), g, w in zip(named, torch.autograd.grad(got, params, grad),
+                          torch.autograd.grad(want, params, grad)):
+        torch.testing.assert_close(g, w, **tol, msg=lambda e: f"{name}: {e}")

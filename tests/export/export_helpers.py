@@ -89,21 +89,25 @@ def quadratic_values(path: Path) -> dict[str, list[str]]:
     """name -> dims of every value in the graph (after ONNX shape inference) whose size grows faster than
     linearly in the sequence length: its symbolic dims are evaluated at T = 1000 and T = 2000 (other
     symbols, such as the batch or the number of global tokens, at 1) and the element counts compared
-    (x2 is linear, x4 a T x T tensor). Also asserts that every node output has an inferred shape and
-    that no node hides a subgraph, so that nothing escapes the scan."""
+    (x2 is linear, x4 a T x T tensor). The subgraphs of control-flow nodes (If branches) are scanned
+    too. Also asserts that every node output has an inferred shape, so that nothing escapes the scan."""
     import onnx
 
     model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
     g = model.graph
     seq = g.input[0].type.tensor_type.shape.dim[-1].dim_param
     assert seq, "the sequence axis of input_ids must be symbolic"
-    known = {vi.name: vi for vi in [*g.value_info, *g.output, *g.input]}
-    for node in g.node:
-        assert not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute), \
-            f"node {node.name} ({node.op_type}) has a subgraph the scan would not see"
-        for out in node.output:
-            if out:
-                assert out in known and known[out].type.tensor_type.HasField("shape"), f"no inferred shape for {out}"
+    known: dict = {}
+    graphs = [g]
+    while graphs:
+        graph = graphs.pop()
+        known.update({vi.name: vi for vi in [*graph.value_info, *graph.output, *graph.input]})
+        for node in graph.node:
+            for a in node.attribute:
+                graphs += [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+            for out in node.output:
+                if out:
+                    assert out in known and known[out].type.tensor_type.HasField("shape"), f"no inferred shape for {out}"
     bad = {}
     for name, vi in known.items():
         dims = [d.dim_param or str(d.dim_value) for d in vi.type.tensor_type.shape.dim]

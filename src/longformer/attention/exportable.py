@@ -61,7 +61,7 @@ def exportable_attention(
         order += heads
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)[:, _inverse(order)]
     if glob is not None:
-        out = glob.overwrite_rows(out, glob.take(q), k, v, causal, key_valid, scale, stat)
+        out = glob.write_rows(out, glob.attend_rows(glob.take(q), k, v, causal, key_valid, scale, stat))
     return out
 
 
@@ -95,24 +95,32 @@ class GlobalSlots:
         B, Hx, _, D = x.shape
         return x.gather(2, self.pos[:, None, :, None].expand(B, Hx, self.G, D))
 
-    def overwrite_rows(self, out, q_rows, k, v, causal, key_valid, scale, stat) -> torch.Tensor:
+    def attend_rows(self, q_rows, k, v, causal, key_valid, scale, stat) -> torch.Tensor:
         """Part 3: global query rows as full attention over every allowed key, (G x T) per head.
 
         q_rows: (B, H, G, D), the queries at the global slots (`take(q)`, or projected from the global
-        rows alone, as the encoder's separate global projections do). out, k, v: (B, H, T, D)."""
+        rows alone, as the encoder's separate global projections do). k, v: (B, H, T, D). Returns the
+        rows (B, H, G, D) for `write_rows`; a slot with no allowed key gets 0."""
         B, H, T, D = k.shape
+        G = q_rows.shape[2]  # self.G, read from a tensor: a bare size would not pass into torch.cond's branches
         s = _scores(q_rows, k, scale, stat)  # (B, H, G, T)
-        allowed = torch.ones(B, 1, self.G, T, dtype=torch.bool, device=k.device)
+        allowed = torch.ones(B, 1, G, T, dtype=torch.bool, device=k.device)
         if key_valid is not None:
             allowed = allowed & key_valid[:, None, None, :]
         if causal:
             allowed = allowed & (torch.arange(T, device=k.device)[None, None, :] <= self.pos[:, :, None])[:, None]
-        p, has_any = _masked_softmax(s, allowed)
-        rows = torch.matmul(p.to(v.dtype), v) * has_any.to(v.dtype)  # (B, H, G, D)
+        p, has_any = masked_softmax(s, allowed)
+        return torch.matmul(p.to(v.dtype), v) * has_any.to(v.dtype)
+
+    def write_rows(self, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """out (B, H, T, D) with each global position's row replaced by its slot's row of ``rows``
+        (B, H, G, D); the filler slots are dropped."""
+        B, H, T, D = out.shape
+        G = rows.shape[2]  # self.G (see attend_rows)
         # position t of a global row takes slot (number of globals before t): one flat gather
         slot = (torch.cumsum(self.is_global.long(), dim=1) - 1).clamp(min=0)  # (B, T)
-        flat = (slot + torch.arange(B, device=k.device)[:, None] * self.G).reshape(-1)
-        rows = rows.transpose(1, 2).reshape(B * self.G, H * D).index_select(0, flat)
+        flat = (slot + torch.arange(B, device=out.device)[:, None] * G).reshape(-1)
+        rows = rows.transpose(1, 2).reshape(B * G, H * D).index_select(0, flat)
         rows = rows.reshape(B, T, H, D).transpose(1, 2)
         return torch.where(self.is_global[:, None, :, None], rows.to(out.dtype), out)
 
@@ -120,7 +128,7 @@ class GlobalSlots:
 MASKED = -1e30  # a finite -inf: exp(MASKED - max) is exactly 0 beside any real score, never NaN
 
 
-def _masked_softmax(s: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_softmax(s: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax over the last axis of the allowed scores, and the (..., 1) mask of rows that have an
     allowed key. A row with none gets finite (uniform) probabilities: the caller multiplies its
     output, far smaller than the scores, by the mask. One additive bias, broadcast over heads, is
@@ -170,7 +178,7 @@ def _band_group(q, k, v, r: int, w: int, causal: bool, band_ok, glob: GlobalSlot
             g_ok = g_ok & (glob.pos[:, None, None, None, None, :] <= i[None, None, ..., None])
         shape = (B, 1, r, nb, c)
         allowed = torch.cat([allowed.expand(*shape, L), g_ok.expand(*shape, G)], dim=-1)
-    p, has_any = _masked_softmax(s, allowed)
+    p, has_any = masked_softmax(s, allowed)
     o = torch.matmul(p.to(v.dtype), vw)  # (B, Hg, r, nb, c, D)
     o = o * has_any.to(o.dtype)
     # back to positions: position t sits in residue t % r at slot t // r. A gather of exactly T rows

@@ -117,6 +117,11 @@ def _export(exp: Exportable, T: int, opset: int):
     finally:
         quiet.setLevel(level)
         set_attention_impl(exp.graph, before.pop() if len(before) == 1 else "auto")
+    # the exporter's optimizer leaves an unused initializer behind the global rows' If node; onnxruntime
+    # would warn about it ("Removing initializer ...") every time it loads the graph
+    from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+    RemoveUnusedNodesPass()(program.model)
     return program.model_proto
 
 
