@@ -35,3 +35,12 @@ def test_runs_all_implementations_with_the_same_warmup(tmp_path: Path, capsys):
 def test_rejects_negative_warmup(capsys):
     assert cli_main(["bench", "export", *TINY[:-2], "--warmup", "-1"]) == 2
     assert "--warmup >= 0" in capsys.readouterr().err
+
+
+def test_a_failing_worker_is_reported_with_its_error(tmp_path: Path):
+    from longformer.bench.export import _run_interleaved
+
+    spec = {"impl": "onnxruntime", "length": 8, "model_dir": str(tmp_path), "onnx": str(tmp_path / "missing.onnx"),
+            "global_tokens": 1, "output_path": None}
+    with pytest.raises(RuntimeError, match=r"(?s)bench worker onnxruntime T=8 failed .*missing\.onnx"):
+        _run_interleaved({"onnxruntime": spec}, runs=1, warmup=0, tmp=tmp_path)

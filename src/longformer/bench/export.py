@@ -3,8 +3,9 @@ eager LongformerModel, same weights, at several lengths (time and peak memory).
 
 The weights are a seeded random transformers LongformerModel (bench/model.py's checkpoint); it is
 exported with `longformer.export.export_onnx` (which checks the graph against eager before writing).
-Each measurement runs in a fresh process so that its peak memory is its own; the outputs of the three
-at the shortest length are compared before any number is reported.
+Each implementation runs in its own process so that its peak memory is its own, and their runs are
+interleaved (round-robin) so that the machine's drifting speed does not favour one; the outputs at
+the shortest length are compared before any number is reported.
 """
 from __future__ import annotations
 
@@ -74,15 +75,12 @@ def run(args: argparse.Namespace) -> int:
         export_seconds = time.perf_counter() - start
         results: dict[int, dict[str, Any]] = {}
         for T in lengths:
-            results[T] = {}
-            for impl in impls:
-                print(f"bench export: T={T} {impl} ...", file=sys.stderr, flush=True)
-                out = tmp / f"out-{impl}.npy" if T == min(lengths) else None
-                results[T][impl] = _run_worker({"impl": impl, "length": T, "model_dir": str(tmp / "model"),
-                                                "onnx": str(tmp / "model.onnx"), "repeats": args.repeats,
-                                                "warmup": args.warmup,
-                                                "global_tokens": args.global_tokens,
-                                                "output_path": str(out) if out else None}, tmp)
+            print(f"bench export: T={T} {', '.join(impls)}, interleaved ...", file=sys.stderr, flush=True)
+            specs = {impl: {"impl": impl, "length": T, "model_dir": str(tmp / "model"), "onnx": str(tmp / "model.onnx"),
+                            "global_tokens": args.global_tokens,
+                            "output_path": str(tmp / f"out-{impl}.npy") if T == min(lengths) else None}
+                     for impl in impls}
+            results[T] = _run_interleaved(specs, args.warmup + args.repeats, args.warmup, tmp)
         diffs = _compare(tmp, impls)
     report = {"config": {k: getattr(args, k) for k in ("layers", "window", "hidden", "heads", "intermediate",
                                                        "global_tokens", "repeats", "warmup")},
@@ -107,7 +105,7 @@ def _compare(tmp: Path, impls: list[str]) -> dict[str, float]:
 def _print(report: dict[str, Any], lengths: list[int], impls: list[str]) -> None:
     c = report["config"]
     print(f"\nbench export: {c['layers']} layers x {c['hidden']} ({c['heads']} heads, FFN {c['intermediate']}), B=1, "
-          f"w={c['window']}, {c['global_tokens']} global token(s), fp32; median of {c['repeats']} after {c['warmup']} warm-up run(s); "
+          f"w={c['window']}, {c['global_tokens']} global token(s), fp32; median of {c['repeats']} after {c['warmup']} warm-up run(s), runs interleaved; "
           f"export took {report['export_seconds']:.0f} s")
     for impl, d in report["max_abs_diff_vs_ours"].items():
         print(f"same weights check at T={lengths[0]}: max |{impl} - ours| = {d:.2e}")
@@ -136,19 +134,68 @@ def _print(report: dict[str, Any], lengths: list[int], impls: list[str]) -> None
     print("  MB = peak RSS during the runs minus RSS with the model loaded (weights and inputs excluded)")
 
 
-def _run_worker(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    path = tmp / "spec.json"
-    path.write_text(json.dumps(spec))
-    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
-    proc = subprocess.run([sys.executable, "-m", "longformer.bench.export", str(path)], capture_output=True, text=True,
-                          env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench worker {spec['impl']} T={spec['length']} failed (exit {proc.returncode}):\n"
-                           f"{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+class _Worker:
+    """One implementation in its own process (so that its peak memory is its own), kept alive between
+    runs: the runs of all implementations are interleaved, so that a change in the machine's speed
+    during the bench (this VM's varies by tens of percent over minutes) hits every implementation
+    alike instead of whichever ran at that time."""
+
+    def __init__(self, spec: dict[str, Any], tmp: Path) -> None:
+        self.spec = spec
+        path = tmp / f"spec-{spec['impl']}.json"
+        path.write_text(json.dumps(spec))
+        self.stderr = (tmp / f"stderr-{spec['impl']}.txt").open("w+")
+        env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "longformer.bench.export", str(path)], env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
+        self.read()  # "ready": loaded, memory baseline taken
+
+    def read(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            self.stderr.seek(0)
+            raise RuntimeError(f"bench worker {self.spec['impl']} T={self.spec['length']} failed (exit "
+                               f"{self.proc.returncode}):\n{self.stderr.read()[-3000:]}")
+        return json.loads(line)
+
+    def ask(self, command: str) -> dict[str, Any]:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.stderr.close()
 
 
-def worker(spec: dict[str, Any]) -> dict[str, Any]:
+def _run_interleaved(specs: dict[str, dict[str, Any]], runs: int, warmup: int, tmp: Path) -> dict[str, Any]:
+    """Start one worker per implementation, then run them round-robin (the first of each round
+    rotating) `runs` times; the median of the runs after `warmup` is reported."""
+    workers: dict[str, _Worker] = {}
+    try:
+        for impl, spec in specs.items():
+            workers[impl] = _Worker(spec, tmp)
+        seconds: dict[str, list[float]] = {impl: [] for impl in specs}
+        order = list(specs)
+        for i in range(runs):
+            for impl in order[i % len(order):] + order[: i % len(order)]:
+                seconds[impl].append(workers[impl].ask("run")["seconds"])
+        out = {}
+        for impl, worker in workers.items():
+            mem = worker.ask("finish")
+            out[impl] = {"seconds": statistics.median(seconds[impl][warmup:]), "all_seconds": seconds[impl], **mem}
+        return out
+    finally:
+        for worker in workers.values():
+            worker.close()
+
+
+def serve(spec: dict[str, Any]) -> None:
+    """The worker: load, print "ready", then answer "run" (one timed forward) and "finish" (peak
+    memory, the last output saved) on stdin, one JSON line each on stdout."""
     import gc
 
     import numpy as np
@@ -186,18 +233,25 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     before, _ = _rss_mb()
     with open("/proc/self/clear_refs", "w") as f:  # peak RSS starts again from here (Linux >= 4.0)
         f.write("5")
-    seconds = []
-    warmup = spec.get("warmup", 1)
-    for _ in range(warmup + spec["repeats"]):
-        start = time.perf_counter()
-        out = step()
-        seconds.append(time.perf_counter() - start)
-    _, peak = _rss_mb()
-    if spec.get("output_path"):
-        np.save(spec["output_path"], out)
-    return {"seconds": statistics.median(seconds[warmup:]), "all_seconds": seconds, "rss_before_mb": before,
-            "peak_mb": peak, "extra_peak_mb": peak - before, "threads": torch.get_num_threads()}
+
+    def reply(obj: dict[str, Any]) -> None:
+        print(json.dumps(obj), flush=True)
+
+    reply({"ready": True})
+    out = None
+    for line in sys.stdin:
+        if line.strip() == "run":
+            start = time.perf_counter()
+            out = step()
+            reply({"seconds": time.perf_counter() - start})
+        elif line.strip() == "finish":
+            _, peak = _rss_mb()
+            if spec.get("output_path") and out is not None:
+                np.save(spec["output_path"], out)
+            reply({"rss_before_mb": before, "peak_mb": peak, "extra_peak_mb": peak - before,
+                   "threads": torch.get_num_threads()})
+            return
 
 
 if __name__ == "__main__":
-    print(json.dumps(worker(json.loads(Path(sys.argv[1]).read_text()))))
+    serve(json.loads(Path(sys.argv[1]).read_text()))
