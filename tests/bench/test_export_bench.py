@@ -38,9 +38,9 @@ def test_rejects_negative_warmup(capsys):
 
 
 def test_a_failing_worker_is_reported_with_its_error(tmp_path: Path):
-    from longformer.bench.export import _run_interleaved
+    from longformer.bench.workers import run_interleaved
 
     spec = {"impl": "onnxruntime", "length": 8, "model_dir": str(tmp_path), "onnx": str(tmp_path / "missing.onnx"),
             "global_tokens": 1, "output_path": None}
-    with pytest.raises(RuntimeError, match=r"(?s)bench worker onnxruntime T=8 failed .*missing\.onnx"):
-        _run_interleaved({"onnxruntime": spec}, runs=1, warmup=0, tmp=tmp_path)
+    with pytest.raises(RuntimeError, match=r"(?s)bench worker T=8 onnxruntime failed .*missing\.onnx"):
+        run_interleaved("longformer.bench.export", {"onnxruntime": spec}, runs=1, warmup=0, tmp=tmp_path, label="T=8 ")

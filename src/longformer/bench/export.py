@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from .model import _rss_mb, make_checkpoint
+from .model import make_checkpoint
+from .workers import Bench, run_interleaved, serve
 
 # onnxruntime-noarena: the same graph with the CPU memory arena off (SessionOptions.enable_cpu_mem_arena),
 # which returns freed buffers instead of keeping the arena's (power-of-two grown) peak
@@ -80,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
                             "global_tokens": args.global_tokens,
                             "output_path": str(tmp / f"out-{impl}.npy") if T == min(lengths) else None}
                      for impl in impls}
-            results[T] = _run_interleaved(specs, args.warmup + args.repeats, args.warmup, tmp)
+            results[T] = run_interleaved("longformer.bench.export", specs, args.warmup + args.repeats, args.warmup,
+                                         tmp, label=f"T={T} ")
         diffs = _compare(tmp, impls)
     report = {"config": {k: getattr(args, k) for k in ("layers", "window", "hidden", "heads", "intermediate",
                                                        "global_tokens", "repeats", "warmup")},
@@ -134,70 +133,8 @@ def _print(report: dict[str, Any], lengths: list[int], impls: list[str]) -> None
     print("  MB = peak RSS during the runs minus RSS with the model loaded (weights and inputs excluded)")
 
 
-class _Worker:
-    """One implementation in its own process (so that its peak memory is its own), kept alive between
-    runs: the runs of all implementations are interleaved, so that a change in the machine's speed
-    during the bench (this VM's varies by tens of percent over minutes) hits every implementation
-    alike instead of whichever ran at that time."""
-
-    def __init__(self, spec: dict[str, Any], tmp: Path) -> None:
-        self.spec = spec
-        path = tmp / f"spec-{spec['impl']}.json"
-        path.write_text(json.dumps(spec))
-        self.stderr = (tmp / f"stderr-{spec['impl']}.txt").open("w+")
-        env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "longformer.bench.export", str(path)], env=env, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
-        self.read()  # "ready": loaded, memory baseline taken
-
-    def read(self) -> dict[str, Any]:
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait()
-            self.stderr.seek(0)
-            raise RuntimeError(f"bench worker {self.spec['impl']} T={self.spec['length']} failed (exit "
-                               f"{self.proc.returncode}):\n{self.stderr.read()[-3000:]}")
-        return json.loads(line)
-
-    def ask(self, command: str) -> dict[str, Any]:
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self.read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.stderr.close()
-
-
-def _run_interleaved(specs: dict[str, dict[str, Any]], runs: int, warmup: int, tmp: Path) -> dict[str, Any]:
-    """Start one worker per implementation, then run them round-robin (the first of each round
-    rotating) `runs` times; the median of the runs after `warmup` is reported."""
-    workers: dict[str, _Worker] = {}
-    try:
-        for impl, spec in specs.items():
-            workers[impl] = _Worker(spec, tmp)
-        seconds: dict[str, list[float]] = {impl: [] for impl in specs}
-        order = list(specs)
-        for i in range(runs):
-            for impl in order[i % len(order):] + order[: i % len(order)]:
-                seconds[impl].append(workers[impl].ask("run")["seconds"])
-        out = {}
-        for impl, worker in workers.items():
-            mem = worker.ask("finish")
-            out[impl] = {"seconds": statistics.median(seconds[impl][warmup:]), "all_seconds": seconds[impl], **mem}
-        return out
-    finally:
-        for worker in workers.values():
-            worker.close()
-
-
-def serve(spec: dict[str, Any]) -> None:
-    """The worker: load, print "ready", then answer "run" (one timed forward) and "finish" (peak
-    memory, the last output saved) on stdin, one JSON line each on stdout."""
-    import gc
-
+def _prepare(spec: dict[str, Any]) -> Bench:
+    """In the worker: load the implementation and the (1, T) input, one global token per spec."""
     import numpy as np
     import torch
 
@@ -229,29 +166,8 @@ def serve(spec: dict[str, Any]) -> None:
             with torch.inference_mode():
                 return model(input_ids=ids, attention_mask=mask, global_attention_mask=glob).last_hidden_state.numpy()
 
-    gc.collect()
-    before, _ = _rss_mb()
-    with open("/proc/self/clear_refs", "w") as f:  # peak RSS starts again from here (Linux >= 4.0)
-        f.write("5")
-
-    def reply(obj: dict[str, Any]) -> None:
-        print(json.dumps(obj), flush=True)
-
-    reply({"ready": True})
-    out = None
-    for line in sys.stdin:
-        if line.strip() == "run":
-            start = time.perf_counter()
-            out = step()
-            reply({"seconds": time.perf_counter() - start})
-        elif line.strip() == "finish":
-            _, peak = _rss_mb()
-            if spec.get("output_path") and out is not None:
-                np.save(spec["output_path"], out)
-            reply({"rss_before_mb": before, "peak_mb": peak, "extra_peak_mb": peak - before,
-                   "threads": torch.get_num_threads()})
-            return
+    return Bench(step, lambda out, path: np.save(path, out))
 
 
 if __name__ == "__main__":
-    serve(json.loads(Path(sys.argv[1]).read_text()))
+    serve(json.loads(Path(sys.argv[1]).read_text()), _prepare)

@@ -3,23 +3,21 @@ that transformers model after `longformer.accelerate` (its self-attention on our
 
 One run measures forward fp32, forward bf16 and a training step (forward + backward) in fp32 and in
 bf16 autocast (fp32 weights, `torch.autocast("cpu", torch.bfloat16)` around the forward, as mixed-
-precision training runs) for the three. Each measurement runs in a fresh process so its peak memory is its own. The weights are a
-seeded random transformers LongformerModel saved with save_pretrained; ours loads that dir, and the
-fp32 outputs of the three are compared before any number is reported.
+precision training runs) for the three. Within a mode each row runs in its own process (its peak
+memory its own), the three side by side with their runs interleaved (bench/workers.py). The weights
+are a seeded random transformers LongformerModel saved with save_pretrained; ours loads that dir,
+and the fp32 outputs of the three are compared before any number is reported.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
+
+from .workers import Bench, run_interleaved, serve
 
 MODES = ("forward-fp32", "forward-bf16", "train-fp32", "train-bf16")
 ACCELERATED = "transformers+accelerate"
@@ -83,12 +81,14 @@ def run(args: argparse.Namespace) -> int:
         spec = {"model_dir": str(model_dir), "length": args.length, "batch": args.batch, "vocab": 50265,
                 "global_tokens": args.global_tokens, "repeats": args.repeats, "threads": args.threads,
                 "device": args.device, "attention_impl": args.attention_impl}
-        jobs = [(mode, impl) for mode in modes for impl in IMPLS]
-        results: dict[str, dict[str, Any]] = {m: {} for m in modes}
-        for mode, impl in tqdm(jobs, desc="bench model (fresh process each)", file=sys.stderr):
-            out = Path(tmp) / f"{mode}-{impl}.pt" if mode == "forward-fp32" else None
-            results[mode][impl] = run_in_subprocess({**spec, "mode": mode, "impl": impl,
-                                                     "output_path": str(out) if out else None}, Path(tmp))
+        results: dict[str, dict[str, Any]] = {}
+        for mode in tqdm(modes, desc="bench model (per mode: one process per row, runs interleaved)",
+                         file=sys.stderr):
+            out = {impl: Path(tmp) / f"{mode}-{impl}.pt" if mode == "forward-fp32" else None for impl in IMPLS}
+            specs = {impl: {**spec, "mode": mode, "impl": impl, "output_path": str(out[impl]) if out[impl] else None}
+                     for impl in IMPLS}
+            results[mode] = run_interleaved("longformer.bench.model", specs, 1 + args.repeats, 1, Path(tmp),
+                                            label=f"{mode} ")
         max_diff = compare_outputs(Path(tmp)) if "forward-fp32" in modes else None
         accelerate_diff = compare_outputs(Path(tmp), ACCELERATED) if "forward-fp32" in modes else None
     report = summarize(args, results, max_diff, accelerate_diff)
@@ -173,31 +173,15 @@ def print_report(report: dict[str, Any]) -> None:
         print("  peak MB = peak RSS during the runs minus RSS with the model loaded (weights and inputs excluded)")
 
 
-# ----------------------------------------------------------------------------- worker (fresh process)
-def run_in_subprocess(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    path = tmp / f"spec-{spec['mode']}-{spec['impl']}.json"
-    path.write_text(json.dumps(spec))
-    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
-    proc = subprocess.run([sys.executable, "-m", "longformer.bench.model", str(path)], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench worker {spec['mode']} / {spec['impl']} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _rss_mb() -> tuple[float, float]:
-    text = Path("/proc/self/status").read_text()
-    rss, hwm = (int(re.search(rf"{k}:\s+(\d+)", text).group(1)) / 1024 for k in ("VmRSS", "VmHWM"))
-    return rss, hwm
-
-
-def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    import gc
-
+# ----------------------------------------------------------------------------- in the worker process
+def _prepare(spec: dict[str, Any]) -> Bench:
     import torch
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec.get("device", "cpu"))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if spec["impl"] == "ours":
         from longformer.encoder import LongformerModel
 
@@ -237,33 +221,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         with torch.inference_mode():
             return model(**inputs).last_hidden_state
 
-    cuda = device.type == "cuda"
-    gc.collect()
-    if cuda:  # GPU memory: the allocator's own peak, from what the loaded model holds
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device) / 2**20
-    else:
-        with open("/proc/self/clear_refs", "w") as f:  # peak RSS starts again from here (Linux >= 4.0)
-            f.write("5")
-        # Read after the reset: the high-water mark is then never below it (read before, RSS could shrink
-        # in between and the "extra" peak come out negative).
-        before, _ = _rss_mb()
-    seconds = []
-    for _ in range(1 + spec["repeats"]):
-        start = time.perf_counter()
-        out = step()
-        if cuda:
-            torch.cuda.synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _rss_mb()[1]
-    if spec.get("output_path"):
-        torch.save(out.float().cpu().clone(), spec["output_path"])
-    return {"seconds": statistics.median(seconds[1:]), "all_seconds": seconds, "rss_before_mb": before,
-            # Linux syncs the per-thread RSS counters lazily, so VmHWM can read a fraction of a MB below
-            # VmRSS read just before: a peak under the baseline is that artifact, i.e. 0 extra.
-            "peak_mb": peak, "extra_peak_mb": max(0.0, peak - before), "threads": torch.get_num_threads()}
+    return Bench(step, lambda out, path: torch.save(out.float().cpu().clone(), path), device.type)
 
 
 if __name__ == "__main__":
-    print(json.dumps(worker(json.loads(Path(sys.argv[1]).read_text()))))
+    serve(json.loads(Path(sys.argv[1]).read_text()), _prepare)
