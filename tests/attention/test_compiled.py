@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -137,6 +138,28 @@ def test_compiles_for_other_cpus(tmp_path, march):
     if march == "sapphirerapids" and shutil.which("objdump"):
         asm = subprocess.run(["objdump", "-d", str(tmp_path / "k.so")], capture_output=True, text=True).stdout
         assert "vdpbf16ps" in asm
+
+
+def test_the_cache_key_covers_every_source_file(tmp_path, monkeypatch):
+    """A change to any header the kernel includes builds a new library (not the cached old one)."""
+    import shutil
+
+    from longformer.attention import _native
+
+    if shutil.which("g++") is None:
+        pytest.skip("no g++")
+    for name in (_native.SOURCE.name, *_native.HEADERS):
+        shutil.copy(_native.SOURCE.with_name(name), tmp_path / name)
+    monkeypatch.setattr(_native, "SOURCE", tmp_path / _native.SOURCE.name)
+    keys = [_native._cache_path("g++")]
+    for name in _native.HEADERS:
+        with open(tmp_path / name, "a") as f:
+            f.write("// changed\n")
+        keys.append(_native._cache_path("g++"))
+    assert len(set(keys)) == len(keys)
+    text = _native.SOURCE.read_text() + "".join((tmp_path / h).read_text() for h in _native.HEADERS)
+    included = set(re.findall(r'#include "([^"]+)"', text))
+    assert included == set(_native.HEADERS), "HEADERS must list exactly the files the kernel includes"
 
 
 @needs_kernel
