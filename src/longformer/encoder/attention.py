@@ -7,11 +7,11 @@ once); padded keys are never attended; padded query rows output 0; global rows a
 key with the global projections and overwrite the local result.
 
 The band goes through `longformer.sliding_window_attention`. The global rows are transformers' dense
-(G x T) product in eager mode (O(G * T); with few global tokens, with the key/value projections folded
-into the G queries instead of applied to all T tokens, `folded_global_rows`); under torch.compile / torch.export and with impl="export",
-where shapes cannot depend on how many tokens are global, they are a second `sliding_window_attention`
-call with the global mask; with impl="export", the export kernel's own (G x T) part for the G global rows
-(G is computed inside the graph).
+(G x T) product in eager mode (O(G * T); with few global tokens the key/value projections are folded
+into the G queries instead of applied to all T tokens, `folded_global_rows`). With impl="export" they
+are the export kernel's own (G x T) part for the G global rows (G computed inside the graph, the fold
+chosen there too); under torch.compile / torch.export with other kernels, where shapes cannot depend
+on how many tokens are global, a second `sliding_window_attention` call with the global mask.
 """
 from __future__ import annotations
 
