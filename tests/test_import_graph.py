@@ -18,7 +18,7 @@ PACKAGE = Path(longformer.__file__).parent
 # own part. Parts of equal rank may not import each other (encoder and lm stay independent, and so
 # do the commands: what two of them share belongs in a lower layer).
 LAYERS = {
-    "errors": 0, "_files": 1, "training": 2,
+    "errors": 0, "_files": 1, "_memory": 1, "training": 2,
     "attention": 3, "linear": 3,
     "encoder": 4, "lm": 4,
     "led": 5,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -26,12 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from .._memory import reset_peak, rss_mb
 
-def rss_mb() -> tuple[float, float]:
-    """(current, peak) resident memory of this process in MB (VmRSS, VmHWM)."""
-    text = Path("/proc/self/status").read_text()
-    rss, hwm = (int(re.search(rf"{k}:\s+(\d+)", text).group(1)) / 1024 for k in ("VmRSS", "VmHWM"))
-    return rss, hwm
 
 
 @dataclass
@@ -112,10 +107,7 @@ def serve(spec: dict[str, Any], prepare: Callable[[dict[str, Any]], Bench]) -> N
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated() / 2**20
     else:
-        with open("/proc/self/clear_refs", "w") as f:  # peak RSS starts again from here (Linux >= 4.0)
-            f.write("5")
-        # Read after the reset: the high-water mark is then never below it (read before, RSS could shrink
-        # in between and the "extra" peak come out negative).
+        reset_peak()  # then the baseline, read after the reset (see longformer._memory)
         before, _ = rss_mb()
 
     def reply(obj: dict[str, Any]) -> None:
@@ -135,8 +127,7 @@ def serve(spec: dict[str, Any], prepare: Callable[[dict[str, Any]], Bench]) -> N
             peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else rss_mb()[1]
             if spec.get("output_path") and out is not None:
                 bench.save(out, spec["output_path"])
-            # Linux syncs the per-thread RSS counters lazily, so VmHWM can read a fraction of a MB below
-            # VmRSS read just before: a peak under the baseline is that artifact, i.e. 0 extra.
+            # A peak under the baseline is Linux's lazy RSS accounting, i.e. 0 extra (longformer._memory).
             reply({"rss_before_mb": before, "peak_mb": peak, "extra_peak_mb": max(0.0, peak - before),
                    "threads": torch.get_num_threads()})
             return

@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -23,21 +22,10 @@ from typing import Any
 
 import torch
 
+from .._memory import reset_peak, rss_mb
+
 KINDS = ("long", "dense", "chunks")
 
-
-def rss_mb() -> tuple[float, float]:
-    """(current RSS, peak RSS since the last reset) of this process in MB (Linux /proc)."""
-    text = Path("/proc/self/status").read_text()
-    rss, hwm = (int(re.search(rf"{k}:\s+(\d+)", text).group(1)) / 1024 for k in ("VmRSS", "VmHWM"))
-    return rss, hwm
-
-
-def reset_peak() -> None:
-    """Make VmHWM start again from the current RSS (Linux >= 4.0), so loading the model, which
-    briefly holds two copies of the weights, does not count as the forward's peak."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def build(kind: str, spec: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
@@ -89,8 +77,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
     model, inputs = build(spec["kind"], spec)
     gc.collect()
+    reset_peak()  # then the baseline, read after the reset (see longformer._memory)
     before, _ = rss_mb()
-    reset_peak()
     seconds = []
     with torch.inference_mode():
         for _ in range(spec.get("warmup", 1) + spec.get("repeats", 2)):
@@ -105,7 +93,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "all_seconds": seconds,
         "rss_before_mb": before,
         "peak_mb": peak,
-        "extra_peak_mb": peak - before,
+        "extra_peak_mb": max(0.0, peak - before),
         "shape": list(inputs["input_ids"].shape),
         "threads": torch.get_num_threads(),
     }
