@@ -121,6 +121,8 @@ def test_compiled_op_strided_fake_matches_real():
     is_global[:, 0] = True
     key_valid = torch.ones(2, 70, dtype=torch.bool)
     key_valid[1, 60:] = False
+    qb, kb, vb = (t.bfloat16() for t in (q, k, v))  # 16-bit strided inputs are copied for the kernel
     for args in ((q, k, v, key_valid, is_global, 6, [1, 2], False, 0.3, 0.0, 0),
-                 (q.contiguous(), k, v, None, None, 3, [1, 1], True, 0.5, 0.2, 9)):
+                 (q.contiguous(), k, v, None, None, 3, [1, 1], True, 0.5, 0.2, 9),
+                 (qb, kb, vb, key_valid, is_global, 6, [1, 2], False, 0.3, 0.0, 0)):
         torch.library.opcheck(compiled.band_attention, args)
