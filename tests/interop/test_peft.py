@@ -76,7 +76,7 @@ def test_lora_trains_saves_reloads_merges(tmp_path, task_type, cls):
     assert torch.allclose(scores(reloaded, inputs), trained, atol=1e-5)
 
     merged = reloaded.merge_and_unload()
-    assert type(merged) is cls and not any("lora_" in n for n, _ in merged.named_parameters())
+    assert isinstance(merged, cls) and not any("lora_" in n for n, _ in merged.named_parameters())
     assert torch.allclose(scores(merged, inputs), trained, atol=1e-4)
     merged.save_pretrained(tmp_path / "merged")  # a plain checkpoint again, for both libraries
     assert torch.allclose(scores(cls.from_pretrained(tmp_path / "merged"), inputs), trained, atol=1e-4)

@@ -2,6 +2,9 @@
 dataset, gradient checkpointing, and saves that reload in both libraries with equal logits."""
 from __future__ import annotations
 
+import pickle
+import sys
+
 import pytest
 import torch
 
@@ -118,7 +121,7 @@ def test_trainer_trains_evaluates_predicts_and_saves(tmp_path, checkpointing):
     train, test = Rows(16), Rows(7, seed=1)
     extra = {checkpointing: True} if checkpointing else {}
     trainer = transformers.Trainer(model=model, args=_args(tmp_path / "run", **extra),
-                                   train_dataset=train, eval_dataset=test, callbacks=[SaveConfigCallback()])
+                                   train_dataset=train, eval_dataset=test)
     before = trainer.evaluate()["eval_loss"]
     trainer.train()
     assert model.is_gradient_checkpointing == bool(checkpointing)  # Trainer called activation_checkpointing_enable
@@ -133,30 +136,58 @@ def test_trainer_trains_evaluates_predicts_and_saves(tmp_path, checkpointing):
     assert torch.allclose(torch.from_numpy(pred.predictions), ours, atol=1e-5)
 
     trainer.save_model()
-    saved = [tmp_path / "run", tmp_path / "run" / "checkpoint-8"]  # save_model() and Trainer's last checkpoint
+    trainer.save_model(tmp_path / "elsewhere")
+    # save_model() to its default and to another directory, and Trainer's last checkpoint
+    saved = [tmp_path / "run", tmp_path / "elsewhere", tmp_path / "run" / "checkpoint-8"]
     for directory in saved:
         assert (directory / "config.json").is_file() and (directory / "model.safetensors").is_file()
         again = LongformerForSequenceClassification.from_pretrained(directory)
         with torch.no_grad():
             reloaded = again(test.ids, test.mask, test.glob).logits
-        if directory.name == "run":
+        if directory.name != "checkpoint-8":
             assert torch.allclose(reloaded, ours, atol=1e-4)
         hf = _hf_logits("LongformerForSequenceClassification", directory, test)
         assert torch.allclose(hf, reloaded, atol=1e-4), (hf - reloaded).abs().max()
 
 
-def test_trainer_token_classification_without_callback_saves_weights_only(tmp_path):
-    """Without SaveConfigCallback Trainer writes only model.safetensors (its rule for non-PreTrainedModel
-    modules); the weights already carry transformers' names."""
-    torch.manual_seed(0)
+def test_models_built_after_importing_transformers_are_pretrained_models():
+    """What makes Trainer call our save_pretrained (compat.pretrained_class): the instance is a
+    PreTrainedModel subclass of the same name that behaves as ours (nn.Module's to/train, our methods)."""
     model = LongformerForTokenClassification(tiny_config())
+    assert isinstance(model, transformers.PreTrainedModel) and isinstance(model, LongformerForTokenClassification)
+    assert type(model).__name__ == "LongformerForTokenClassification"
+    assert type(model).to is torch.nn.Module.to and type(model).train is torch.nn.Module.train
+    assert type(model).save_pretrained is LongformerForTokenClassification.save_pretrained
+    assert model.get_input_embeddings() is model.longformer.embeddings.word_embeddings
+    assert model.num_parameters() == sum(p.numel() for p in model.parameters())
+    again = pickle.loads(pickle.dumps(model))  # the class is found again by module and name
+    assert type(again) is type(model) and torch.equal(again.classifier.weight, model.classifier.weight)
+    assert isinstance(type(model)(tiny_config()), transformers.PreTrainedModel)  # its constructor is ours
+    with pytest.raises(TypeError, match="push_to_hub"):
+        model.save_pretrained("unused", push_to_hub=True)
+
+
+def test_trainer_on_a_model_built_before_transformers_saves_weights_only(tmp_path, monkeypatch):
+    """A model built while transformers was not imported is a plain nn.Module: Trainer writes only
+    model.safetensors (its rule for such modules); SaveConfigCallback completes what it writes."""
+    with monkeypatch.context() as m:
+        m.delitem(sys.modules, "transformers")
+        model = LongformerForTokenClassification(tiny_config())
+    assert not isinstance(model, transformers.PreTrainedModel)
     trainer = transformers.Trainer(model=model, args=_args(tmp_path / "run", num_train_epochs=1),
                                    train_dataset=Rows(8, token_labels=True))
     trainer.train()
-    trainer.save_model()
-    assert (tmp_path / "run" / "model.safetensors").is_file() and not (tmp_path / "run" / "config.json").exists()
+    trainer.save_model(tmp_path / "bare")
+    assert (tmp_path / "bare" / "model.safetensors").is_file() and not (tmp_path / "bare" / "config.json").exists()
     with pytest.raises(CheckpointFileError, match="SaveConfigCallback"):
-        LongformerForTokenClassification.from_pretrained(tmp_path / "run")
+        LongformerForTokenClassification.from_pretrained(tmp_path / "bare")
+
+    trainer = transformers.Trainer(model=model, args=_args(tmp_path / "run2", num_train_epochs=1),
+                                   train_dataset=Rows(8, token_labels=True), callbacks=[SaveConfigCallback()])
+    trainer.train()
+    trainer.save_model()
+    LongformerForTokenClassification.from_pretrained(tmp_path / "run2")
+    LongformerForTokenClassification.from_pretrained(tmp_path / "run2" / "checkpoint-2")
 
 
 def test_masked_lm_with_tied_embeddings_saves_through_trainer(tmp_path):

@@ -174,8 +174,9 @@ class LongformerConfig:
         if path.is_dir() and not (path / "config.json").is_file() and (path / "model.safetensors").is_file():
             raise CheckpointFileError(
                 f"no config.json in {path}, only weights: transformers.Trainer saves only the weights of a model "
-                "that is not a PreTrainedModel; pass callbacks=[longformer.interop.SaveConfigCallback()] to the "
-                "Trainer, or call model.save_pretrained")
+                "that is not a PreTrainedModel (ours are one when built after transformers is imported); build the "
+                "model after `import transformers`, pass callbacks=[longformer.interop.SaveConfigCallback()] to "
+                "the Trainer, or call model.save_pretrained")
         d = read_config(path)
         if d.get("model_type", "longformer") == "longformer":  # other types get from_dict's pointed error
             require_fields(d, SHAPE_FIELDS, path / "config.json" if path.is_dir() else path)

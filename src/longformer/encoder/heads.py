@@ -40,11 +40,12 @@ def _from_pretrained(cls, path: str | os.PathLike, **overrides: Any):
     return load_pretrained(cls, path, **overrides)
 
 
-def _save_pretrained(self, path: str | os.PathLike) -> None:
-    """Write config.json + model.safetensors that the transformers class of the same name loads."""
+def _save_pretrained(self, path: str | os.PathLike, **kwargs: Any) -> None:
+    """Write config.json + model.safetensors that the transformers class of the same name loads
+    (kwargs: transformers' state_dict= and is_main_process=, see hub.save_pretrained)."""
     from .hub import save_pretrained
 
-    save_pretrained(self, path)
+    save_pretrained(self, path, **kwargs)
 
 
 class LongformerLMHead(nn.Module):
@@ -78,7 +79,7 @@ def _restore_tied_names(module, state_dict, prefix, local_metadata, strict, miss
             state_dict[prefix + alias] = state_dict[prefix + main]
 
 
-@compat.checkpointing_interface
+@compat.transformers_interface
 class LongformerForMaskedLM(nn.Module):
     from_pretrained = classmethod(_from_pretrained)
     save_pretrained = _save_pretrained
@@ -146,7 +147,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type
     raise ValueError(f"unknown problem_type {problem_type!r}")
 
 
-@compat.checkpointing_interface
+@compat.transformers_interface
 class LongformerForSequenceClassification(nn.Module):
     """Global attention on the first token unless global_attention_mask is given."""
 
@@ -177,7 +178,7 @@ class LongformerForSequenceClassification(nn.Module):
         return compat.finish(out, return_dict)
 
 
-@compat.checkpointing_interface
+@compat.transformers_interface
 class LongformerForQuestionAnswering(nn.Module):
     """Global attention on the question (tokens before the first separator) unless given."""
 
@@ -218,7 +219,7 @@ class LongformerForQuestionAnswering(nn.Module):
                                                     hidden_states=out.hidden_states), return_dict)
 
 
-@compat.checkpointing_interface
+@compat.transformers_interface
 class LongformerForTokenClassification(nn.Module):
     from_pretrained = classmethod(_from_pretrained)
     save_pretrained = _save_pretrained
@@ -246,7 +247,7 @@ class LongformerForTokenClassification(nn.Module):
         return compat.finish(out, return_dict)
 
 
-@compat.checkpointing_interface
+@compat.transformers_interface
 class LongformerForMultipleChoice(nn.Module):
     """Inputs (B, num_choices, T). Default global attention as transformers: the tokens after the first
     separator pair (the choice), found per choice."""

@@ -145,8 +145,19 @@ def load_pretrained(cls: type, path: str | os.PathLike, *, impl: str = "auto", d
     return model.eval()
 
 
-def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write config.json + model.safetensors (each atomically) in transformers' Longformer layout."""
+def save_pretrained(model: nn.Module, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None,
+                    is_main_process: bool = True, **unsupported: Any) -> None:
+    """Write config.json + model.safetensors (each atomically) in transformers' Longformer layout.
+
+    state_dict / is_main_process: transformers' arguments (Trainer passes them): the weights to write
+    instead of the model's own (a gathered state dict under FSDP / DeepSpeed), and whether this process
+    writes at all.
+    """
+    if unsupported:
+        raise TypeError(f"save_pretrained does not take {sorted(unsupported)} (transformers options we do not "
+                        "implement); to publish a saved directory use huggingface_hub.upload_folder")
+    if not is_main_process:
+        return
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config: LongformerConfig = model.config
@@ -155,7 +166,7 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
             "this model uses attention_dilation or bert-style positions, which transformers' Longformer does not "
             "implement: transformers will load the weights but compute a different function", stacklevel=3)
     tensors = {}
-    for name, t in model.state_dict().items():
+    for name, t in (model.state_dict() if state_dict is None else state_dict).items():
         if name in TIED and _tied(model):
             continue  # stored once under its main name; loaders re-tie it
         tensors[name] = t.detach().to("cpu").contiguous()

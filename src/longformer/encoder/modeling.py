@@ -150,7 +150,7 @@ def init_weights(module: nn.Module, std: float) -> None:
             nn.init.zeros_(m.bias)
 
 
-@compat.checkpointing_interface
+@compat.transformers_interface
 class LongformerModel(nn.Module):
     """The bare encoder. forward -> LongformerModelOutput(last_hidden_state (B, T, C), pooler_output, hidden_states).
 
@@ -206,8 +206,9 @@ class LongformerModel(nn.Module):
 
         return load_pretrained(cls, path, **overrides)
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write config.json + model.safetensors that transformers' LongformerModel loads."""
+    def save_pretrained(self, path: str | os.PathLike, **kwargs: Any) -> None:
+        """Write config.json + model.safetensors that transformers' LongformerModel loads
+        (kwargs: transformers' state_dict= and is_main_process=, see hub.save_pretrained)."""
         from .hub import save_pretrained
 
-        save_pretrained(self, path)
+        save_pretrained(self, path, **kwargs)

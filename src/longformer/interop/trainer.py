@@ -1,12 +1,13 @@
-"""`SaveConfigCallback`: makes what transformers.Trainer saves for our models a complete checkpoint.
+"""`SaveConfigCallback`: makes what transformers.Trainer saves for a model built before transformers was
+imported a complete checkpoint.
 
-Why a callback: Trainer calls `save_pretrained` only on transformers' `PreTrainedModel` (and PEFT's
-`PeftModel`), tested with isinstance; any other module gets `model.safetensors` from its state dict and
-no config.json. Our task models are plain `nn.Module`s (transformers stays optional), so the two
-alternatives were inheriting from `PreTrainedModel` (transformers becomes a hard dependency and brings
-its whole model machinery) or patching Trainer (forbidden here). The weights Trainer writes already use
-transformers' names, so only config.json is missing; this callback writes it, the same file our
-`save_pretrained` writes, which both our `from_pretrained` and transformers' class of the same name read.
+Trainer calls `save_pretrained` only on transformers' `PreTrainedModel` (and PEFT's `PeftModel`), tested
+with isinstance; any other module gets `model.safetensors` from its state dict and no config.json. Our
+models built after transformers is imported are `PreTrainedModel`s (encoder/compat.py,
+`pretrained_class`) and need nothing; one built before is a plain nn.Module. The weights Trainer writes
+already use transformers' names, so only config.json is missing; this callback writes it, the same file
+our `save_pretrained` writes, which both our `from_pretrained` and transformers' class of the same name
+read.
 
     trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[SaveConfigCallback()])
 
