@@ -126,3 +126,28 @@ def test_gradients_match_transformers():
         ref = hf_params[name].grad
         assert p.grad is not None and ref is not None, name
         assert (p.grad - ref).abs().max() <= 1e-4 * max(1.0, float(ref.abs().max())), name
+
+
+def test_output_is_a_model_output_with_loss_then_logits():
+    """transformers.Trainer reads `outputs["loss"]` / `outputs[0]` and takes the other keys as predictions."""
+    ours = ours_from(hf_led())
+    ids, mask, glob = batch()
+    labels = ids[:, :7].clone()
+    out = ours(ids, mask, glob, labels=labels)
+    assert list(out.keys()) == ["loss", "logits", "last_hidden_state", "encoder_last_hidden_state"]
+    assert out[0] is out.loss is out["loss"] and out[1] is out.logits and len(out.to_tuple()) == 4
+    assert list(ours(ids, mask, glob, decoder_input_ids=labels).keys())[0] == "logits"  # no labels: no loss key
+
+
+def test_seq2seq_trainer_trains_and_evaluates(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    ours = ours_from(hf_led())
+    ids, mask, glob = batch(B=6)
+    rows = [dict(input_ids=ids[i], attention_mask=mask[i], global_attention_mask=glob[i], labels=ids[i, :6])
+            for i in range(6)]
+    args = transformers.Seq2SeqTrainingArguments(str(tmp_path), per_device_train_batch_size=3, num_train_epochs=2,
+                                                 learning_rate=3e-3, report_to=[], use_cpu=True, save_strategy="no")
+    trainer = transformers.Seq2SeqTrainer(model=ours.train(), args=args, train_dataset=rows, eval_dataset=rows)
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    assert trainer.evaluate()["eval_loss"] < before

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..attention.api import check_mask
 from ..encoder.attention import LongformerSelfAttention
+from ..encoder.outputs import ModelOutput
 from ..linear import ACTIVATIONS, linear
 from .config import LEDConfig
 from .decoder import LEDDecoder
@@ -212,11 +213,11 @@ class LEDForConditionalGeneration(nn.Module):
             decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
         out = self.led(input_ids, attention_mask, global_attention_mask, decoder_input_ids, decoder_attention_mask,
                        encoder_outputs)
-        out.logits = self.logits(out.last_hidden_state)
-        if labels is not None:
-            out.loss = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]).float(), labels.reshape(-1),
-                                       ignore_index=-100)
-        return out
+        logits = self.logits(out.last_hidden_state)
+        loss = None if labels is None else F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                           labels.reshape(-1), ignore_index=-100)
+        return LEDOutput(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state,
+                         encoder_last_hidden_state=out.encoder_last_hidden_state)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -247,12 +248,14 @@ class EncoderOutput:
     global_attention_mask: torch.Tensor | None  # bool (B, T)
 
 
-@dataclass
-class LEDOutput:
-    last_hidden_state: torch.Tensor
-    encoder_last_hidden_state: torch.Tensor
-    logits: torch.Tensor | None = None
+# A ModelOutput like transformers' (key, index and attribute access; loss first, then logits, as
+# transformers.Trainer reads them); eq=False keeps dict equality (see encoder/outputs.py).
+@dataclass(eq=False)
+class LEDOutput(ModelOutput):
     loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # (B, t, V)
+    last_hidden_state: torch.Tensor | None = None  # decoder, (B, t, C)
+    encoder_last_hidden_state: torch.Tensor | None = None  # (B, T, C)
 
 
 def shift_tokens_right(ids: torch.Tensor, pad_token_id: int | None, decoder_start_token_id: int | None) -> torch.Tensor:
