@@ -56,8 +56,13 @@ def finish(out: ModelOutput, return_dict: bool | None) -> ModelOutput | tuple:
     return out.to_tuple() if return_dict is False else out
 
 
+def _base_model(model) -> nn.Module:
+    """The bare encoder model: a task model's `.longformer`, or the model itself."""
+    return model.longformer if hasattr(model, "longformer") else model
+
+
 def _encoder_of(model) -> Any:
-    return model.longformer.encoder if hasattr(model, "longformer") else model.encoder
+    return _base_model(model).encoder
 
 
 def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None,
@@ -88,10 +93,6 @@ def gradient_checkpointing_disable(self) -> None:
 
 def is_gradient_checkpointing(self) -> bool:
     return _encoder_of(self).gradient_checkpointing
-
-
-def _base_model(self) -> nn.Module:
-    return self.longformer if hasattr(self, "longformer") else self
 
 
 def get_input_embeddings(self) -> nn.Embedding:
@@ -167,6 +168,4 @@ def __getattr__(name: str) -> type:
     # pickle finds the classes pretrained_class makes here, by module and name.
     if name in _MODELS:
         return pretrained_class(_MODELS[name])
-    if name == "LongformerPreTrainedBase":
-        return _pretrained_base()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
